@@ -1,0 +1,144 @@
+"""Typed syntax tree of a `.opt` spec. Every node keeps its source position for error messages.
+
+Expression nodes carry two annotations that the checker fills in:
+`kind` ("host": depends only on hyperparameters and `step`; "element": per tensor element) and
+`type` ("num" or "bool").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .errors import Position
+
+HOST = "host"
+ELEMENT = "element"
+
+
+@dataclass(eq=False)
+class Expr:
+    pos: Position
+    kind: Optional[str] = field(default=None, init=False, repr=False)
+    type: Optional[str] = field(default=None, init=False, repr=False)
+
+
+@dataclass(eq=False)
+class Number(Expr):
+    value: float
+    text: str
+
+
+@dataclass(eq=False)
+class Bool(Expr):
+    value: bool
+
+
+@dataclass(eq=False)
+class Name(Expr):
+    id: str
+
+
+@dataclass(eq=False)
+class Unary(Expr):
+    op: str  # "-", "+" or "not"
+    operand: Expr
+
+
+@dataclass(eq=False)
+class Binary(Expr):
+    op: str  # + - * / ^ and or
+    left: Expr
+    right: Expr
+
+
+@dataclass(eq=False)
+class Compare(Expr):
+    """A comparison chain: `0 <= beta < 1` holds operands [0, beta, 1] and ops ["<=", "<"]."""
+
+    ops: list[str]
+    operands: list[Expr]
+
+
+@dataclass(eq=False)
+class Call(Expr):
+    func: str
+    args: list[Expr]
+
+
+@dataclass(eq=False)
+class Assign:
+    pos: Position
+    target: str
+    value: Expr
+
+
+@dataclass(eq=False)
+class If:
+    """`if c1 {..} elif c2 {..} else {..}`: branches are (condition, body) pairs."""
+
+    pos: Position
+    branches: list[tuple[Expr, list["Statement"]]]
+    orelse: list["Statement"]
+
+
+Statement = Union[Assign, If]
+
+HyperValue = Union[float, bool, tuple]
+
+
+@dataclass(eq=False)
+class Hyper:
+    pos: Position
+    name: str
+    default: HyperValue
+    components: Optional[tuple[str, ...]]  # names bound by `as (a, b)` for a tuple default
+    constraint: Optional[Expr]
+
+    @property
+    def scalar_names(self) -> tuple[str, ...]:
+        """The names the update rule sees: the components of a tuple, else the name itself."""
+        return self.components if self.components else (self.name,)
+
+    @property
+    def is_flag(self) -> bool:
+        return isinstance(self.default, bool)
+
+
+@dataclass(eq=False)
+class State:
+    pos: Position
+    name: str
+    dtype: Optional[str]
+    init: Expr
+
+
+@dataclass(eq=False)
+class FuncDef:
+    pos: Position
+    name: str
+    params: list[str]
+    body: Expr
+    path: str = "<spec>"
+    source: str = ""
+
+
+@dataclass(eq=False)
+class Import:
+    pos: Position
+    path: str
+
+
+@dataclass(eq=False)
+class Spec:
+    name: str
+    name_pos: Position
+    doc: str
+    hypers: list[Hyper]
+    states: list[State]
+    funcs: list[FuncDef]
+    imports: list[Import]
+    body: list[Statement]
+    body_pos: Optional[Position]
+    path: str = "<spec>"
+    source: str = ""

@@ -1,0 +1,415 @@
+"""Check stage: name resolution, arity, assignment rules, and the kind/type of every expression.
+
+The checker also inlines user-defined functions, so later stages see only builtins. Its result,
+`CheckedSpec`, is what the IR, the reference printer and the interpreter consume.
+"""
+
+from __future__ import annotations
+
+import copy
+import keyword
+from dataclasses import dataclass, field
+
+from . import ast
+from .ast import ELEMENT, HOST
+from .errors import SpecError
+
+NUM, BOOL = "num", "bool"
+
+# name -> (parameter types, result type). `where` and `fresh` are checked specially.
+BUILTIN_FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "sqrt": ((NUM,), NUM),
+    "rsqrt": ((NUM,), NUM),
+    "exp": ((NUM,), NUM),
+    "log": ((NUM,), NUM),
+    "log1p": ((NUM,), NUM),
+    "abs": ((NUM,), NUM),
+    "sign": ((NUM,), NUM),
+    "sigmoid": ((NUM,), NUM),
+    "tanh": ((NUM,), NUM),
+    "atan2": ((NUM, NUM), NUM),
+    "min": ((NUM, NUM), NUM),
+    "max": ((NUM, NUM), NUM),
+    "clamp": ((NUM, NUM, NUM), NUM),
+    "lerp": ((NUM, NUM, NUM), NUM),
+    "where": ((BOOL, NUM, NUM), NUM),
+    "fresh": ((NUM,), BOOL),
+}
+CONSTANTS = {"inf": float("inf"), "pi": 3.141592653589793}
+BUILTIN_TENSORS = ("param", "grad")
+READ_ONLY_REASONS = {
+    "grad": "the gradient is read-only",
+    "step": "`step` is the optimizer's step count and is read-only",
+}
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Names the generated module (Python, torch, Triton) uses itself.
+RESERVED_NAMES = frozenset(keyword.kwlist) | {
+    "math", "torch", "triton", "tl", "self", "state", "group", "h", "True", "False", "None",
+    "offsets", "mask", "n_elements", "BLOCK_SIZE", "compute_dtype",
+}
+
+
+@dataclass
+class CheckedSpec:
+    spec: ast.Spec
+    body: list  # statements with user functions inlined and every expression annotated
+    hyper_scalars: dict[str, str]  # scalar name visible in the rule -> "num" | "bool"
+    conditions: list[ast.Expr] = field(default_factory=list)  # every `if`/`elif` condition, in order
+    uses_step: bool = False
+    fresh_states: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def state_names(self) -> list[str]:
+        return [s.name for s in self.spec.states]
+
+
+class _Checker:
+    def __init__(self, spec: ast.Spec):
+        self.spec = spec
+        self.hyper_scalars: dict[str, str] = {}
+        self.states = {s.name: s for s in spec.states}
+        self.funcs: dict[str, ast.FuncDef] = {}
+        self.conditions: list[ast.Expr] = []
+        self.uses_step = False
+        self.fresh_states: list[str] = []
+
+    def error(self, message, pos, func: ast.FuncDef | None = None):
+        if func is not None and func.path != self.spec.path:
+            return SpecError(message, pos, func.path, func.source)
+        return SpecError(message, pos)
+
+    # -- declarations -----------------------------------------------------------------------
+    def declare(self):
+        def reserved(name, pos, func=None):
+            if name in RESERVED_NAMES or name.startswith("_") or name.endswith("_ptr"):
+                raise self.error(f"{name!r} is reserved (Python keywords, generated-code names, leading '_', '_ptr' suffix)", pos, func)
+
+        self.reserved = reserved
+        for func in self.spec.funcs:
+            for p in func.params:
+                reserved(p, func.pos, func)
+        taken: dict[str, str] = {}
+
+        def claim(name, what, pos, func=None):
+            reserved(name, pos, func)
+            if name in BUILTIN_FUNCTIONS:
+                raise self.error(f"{what} {name!r} shadows the builtin function {name}()", pos, func)
+            if name in CONSTANTS or name in BUILTIN_TENSORS or name == "step":
+                raise self.error(f"{what} {name!r} shadows the builtin {name!r}", pos, func)
+            if name in taken:
+                raise self.error(f"duplicate definition of {name!r} (already a {taken[name]})", pos, func)
+            taken[name] = what
+
+        for hyper in self.spec.hypers:
+            claim(hyper.name, "hyperparameter", hyper.pos)
+            if hyper.components:
+                for component in hyper.components:
+                    if component != hyper.name:
+                        claim(component, "hyperparameter", hyper.pos)
+            for scalar in hyper.scalar_names:
+                self.hyper_scalars[scalar] = BOOL if hyper.is_flag else NUM
+        for state in self.spec.states:
+            claim(state.name, "state", state.pos)
+        for func in self.spec.funcs:
+            claim(func.name, "function", func.pos, func)
+            if len(set(func.params)) != len(func.params):
+                raise self.error(f"function {func.name} repeats a parameter name", func.pos, func)
+            self.funcs[func.name] = func
+
+    def check_functions(self):
+        for func in self.spec.funcs:
+            scope = {p: (None, NUM) for p in func.params}
+            self.expr(func.body, scope, func=func, stack=[func.name])
+
+    def check_hypers(self):
+        for hyper in self.spec.hypers:
+            if hyper.constraint is None:
+                continue
+            scope = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
+            checked = self.expr(hyper.constraint, scope, allow_step=False)
+            if checked.type != BOOL:
+                raise self.error(f"the constraint on {hyper.name} must be a condition, e.g. `{hyper.name} >= 0`", hyper.constraint.pos)
+            hyper.constraint = checked
+
+    def check_states(self):
+        for state in self.spec.states:
+            if state.dtype is not None and state.dtype not in DTYPES:
+                raise self.error(f"unknown dtype {state.dtype!r}", state.pos)
+            if isinstance(state.init, ast.Name) and state.init.id == "param":
+                state.init.kind, state.init.type = ELEMENT, NUM
+                continue
+            scope = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
+            try:
+                state.init = self.expr(state.init, scope, allow_step=False)
+            except SpecError as exc:
+                raise SpecError(
+                    f"{exc.message}; a state starts as `param` or as a constant built from hyperparameters",
+                    exc.position,
+                ) from None
+            if state.init.type != NUM:
+                raise self.error(f"state {state.name} must start as a number, not a condition", state.init.pos)
+
+    # -- update body ------------------------------------------------------------------------
+    def check_body(self):
+        scope: dict[str, tuple] = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
+        scope.update({n: (ELEMENT, NUM) for n in BUILTIN_TENSORS})
+        scope.update({s: (ELEMENT, NUM) for s in self.states})
+        scope["step"] = (HOST, NUM)
+        self.locals_used: set[str] = set()
+        self.local_defs: dict[str, ast.Assign] = {}
+        body = self.block(self.spec.body, scope)
+        unused = [a for name, a in self.local_defs.items() if name not in self.locals_used]
+        if unused:
+            first = min(unused, key=lambda a: (a.pos.line, a.pos.column))
+            raise self.error(
+                f"{first.target!r} is assigned but never used (a typo for a state or `param`?)", first.pos
+            )
+        if not any(self._assigns(body, "param")):
+            raise self.error("the update never assigns `param`", self.spec.body_pos)
+        return body
+
+    def _assigns(self, body, target):
+        for stmt in body:
+            if isinstance(stmt, ast.Assign) and stmt.target == target:
+                yield stmt
+            elif isinstance(stmt, ast.If):
+                for _, branch in stmt.branches:
+                    yield from self._assigns(branch, target)
+                yield from self._assigns(stmt.orelse, target)
+
+    def block(self, statements, scope):
+        out = []
+        for stmt in statements:
+            if isinstance(stmt, ast.Assign):
+                out.append(self.assign(stmt, scope))
+            else:
+                out.append(self.if_stmt(stmt, scope))
+        return out
+
+    def assign(self, stmt: ast.Assign, scope):
+        target = stmt.target
+        if target in READ_ONLY_REASONS:
+            raise self.error(f"cannot assign to {target!r}: {READ_ONLY_REASONS[target]}", stmt.pos)
+        if target in self.hyper_scalars:
+            raise self.error(f"cannot assign to hyperparameter {target!r}; bind a new name instead", stmt.pos)
+        if target in self.funcs or target in BUILTIN_FUNCTIONS:
+            raise self.error(f"cannot assign to function {target!r}", stmt.pos)
+        if target in CONSTANTS:
+            raise self.error(f"cannot assign to the constant {target!r}", stmt.pos)
+        self.reserved(target, stmt.pos)
+        value = self.expr(stmt.value, scope)
+        if value.type != NUM:
+            raise self.error(f"{target} must be a number; this is a condition (use where(c, a, b))", stmt.value.pos)
+        kind = value.kind
+        if target in self.states or target == "param":
+            kind = ELEMENT  # tensors stay tensors even when assigned a scalar
+        elif target not in self.local_defs:
+            self.local_defs[target] = stmt
+        scope[target] = (kind, NUM)
+        return ast.Assign(stmt.pos, target, value)
+
+    def if_stmt(self, stmt: ast.If, scope):
+        branches = []
+        branch_scopes = []
+        for cond, body in stmt.branches:
+            checked = self.expr(cond, scope)
+            if checked.type != BOOL:
+                raise self.error("an `if` needs a condition (a comparison, a flag, and/or/not)", cond.pos)
+            if checked.kind != HOST:
+                raise self.error(
+                    "an `if` condition must not depend on tensor values (it selects a kernel); "
+                    "use where(condition, a, b) for per-element choices",
+                    cond.pos,
+                )
+            self.conditions.append(checked)
+            inner = dict(scope)
+            branches.append((checked, self.block(body, inner)))
+            branch_scopes.append(inner)
+        inner = dict(scope)
+        orelse = self.block(stmt.orelse, inner)
+        branch_scopes.append(inner)
+        # A name is defined after the `if` only when every branch defines it.
+        for name in set.intersection(*(set(s) for s in branch_scopes)):
+            kinds = {s[name][0] for s in branch_scopes}
+            scope[name] = (ELEMENT if ELEMENT in kinds else HOST, NUM)
+        for name in set.union(*(set(s) for s in branch_scopes)) - set(scope):
+            self.maybe_defined = getattr(self, "maybe_defined", set()) | {name}
+        return ast.If(stmt.pos, branches, orelse)
+
+    # -- expressions ------------------------------------------------------------------------
+    def expr(self, e: ast.Expr, scope, func: ast.FuncDef | None = None, stack=(), allow_step=True) -> ast.Expr:
+        """Return a checked copy of `e` with user functions inlined and kind/type set."""
+        if isinstance(e, _Bound):
+            return e.expr
+        if isinstance(e, ast.Number):
+            out = ast.Number(e.pos, e.value, e.text)
+            out.kind, out.type = HOST, NUM
+            return out
+        if isinstance(e, ast.Bool):
+            out = ast.Bool(e.pos, e.value)
+            out.kind, out.type = HOST, BOOL
+            return out
+        if isinstance(e, ast.Name):
+            return self.name(e, scope, func, allow_step)
+        if isinstance(e, ast.Unary):
+            operand = self.expr(e.operand, scope, func, stack, allow_step)
+            want = BOOL if e.op == "not" else NUM
+            if operand.type != want:
+                raise self.error(_type_message(e.op, want, operand), e.operand.pos, func)
+            out = ast.Unary(e.pos, e.op, operand)
+            out.kind, out.type = operand.kind, want
+            return out
+        if isinstance(e, ast.Binary):
+            left = self.expr(e.left, scope, func, stack, allow_step)
+            right = self.expr(e.right, scope, func, stack, allow_step)
+            want = BOOL if e.op in ("and", "or") else NUM
+            for side, node in ((left, e.left), (right, e.right)):
+                if side.type != want:
+                    raise self.error(_type_message(e.op, want, side), node.pos, func)
+            out = ast.Binary(e.pos, e.op, left, right)
+            out.kind, out.type = _join(left, right), want
+            return out
+        if isinstance(e, ast.Compare):
+            operands = [self.expr(o, scope, func, stack, allow_step) for o in e.operands]
+            for operand, node in zip(operands, e.operands):
+                if operand.type != NUM:
+                    raise self.error(f"cannot compare a condition with {e.ops[0]!r}", node.pos, func)
+            out = ast.Compare(e.pos, list(e.ops), operands)
+            out.kind, out.type = _join(*operands), BOOL
+            return out
+        if isinstance(e, ast.Call):
+            return self.call(e, scope, func, stack, allow_step)
+        raise TypeError(f"unknown expression node {e!r}")
+
+    def name(self, e: ast.Name, scope, func, allow_step):
+        ident = e.id
+        out = ast.Name(e.pos, ident)
+        if ident in CONSTANTS:
+            out.kind, out.type = HOST, NUM
+            return out
+        if ident in scope:
+            kind, typ = scope[ident]
+            if ident == "step":
+                if not allow_step:
+                    raise self.error("`step` is not available here (only inside `update`)", e.pos, func)
+                self.uses_step = True
+            if kind is None:  # a function parameter: substituted when the call is inlined
+                out.type = typ
+                return out
+            if hasattr(self, "locals_used"):
+                self.locals_used.add(ident)
+            out.kind, out.type = kind, typ
+            return out
+        if ident in getattr(self, "maybe_defined", set()):
+            raise self.error(f"{ident!r} is not assigned on every path through the `if` above", e.pos, func)
+        if ident in self.funcs or ident in BUILTIN_FUNCTIONS:
+            raise self.error(f"{ident!r} is a function; call it as {ident}(...)", e.pos, func)
+        if func is not None:
+            raise self.error(f"undefined name {ident!r} in function {func.name} (functions see only their parameters)", e.pos, func)
+        if ident in self.states or ident in BUILTIN_TENSORS or ident == "step":
+            raise self.error(f"{ident!r} is not available here", e.pos, func)
+        raise self.error(f"undefined name {ident!r}", e.pos, func)
+
+    def call(self, e: ast.Call, scope, func, stack, allow_step):
+        if e.func == "fresh":
+            if func is not None:
+                raise self.error("fresh() is only available in the update block", e.pos, func)
+            if len(e.args) != 1 or not isinstance(e.args[0], ast.Name) or e.args[0].id not in self.states:
+                raise self.error("fresh() takes one state name: fresh(momentum_buffer)", e.pos)
+            state = e.args[0].id
+            if state not in self.fresh_states:
+                self.fresh_states.append(state)
+            arg = ast.Name(e.args[0].pos, state)
+            arg.kind, arg.type = ELEMENT, NUM
+            out = ast.Call(e.pos, "fresh", [arg])
+            out.kind, out.type = HOST, BOOL
+            return out
+        if e.func in BUILTIN_FUNCTIONS:
+            params, result = BUILTIN_FUNCTIONS[e.func]
+            if len(e.args) != len(params):
+                raise self.error(_arity_message(e.func, len(params), len(e.args)), e.pos, func)
+            args = [self.expr(a, scope, func, stack, allow_step) for a in e.args]
+            for arg, want, node in zip(args, params, e.args):
+                if arg.type is not None and arg.type != want:
+                    raise self.error(f"{e.func}() expects a {'condition' if want == BOOL else 'number'} here", node.pos, func)
+            out = ast.Call(e.pos, e.func, args)
+            out.kind, out.type = _join(*args), result
+            return out
+        if e.func in self.funcs:
+            callee = self.funcs[e.func]
+            if callee.name in stack:
+                raise self.error(f"function {callee.name} calls itself (recursion is not supported)", e.pos, func)
+            if len(e.args) != len(callee.params):
+                raise self.error(_arity_message(e.func, len(callee.params), len(e.args)), e.pos, func)
+            args = [self.expr(a, scope, func, stack, allow_step) for a in e.args]
+            for arg, node in zip(args, e.args):
+                if arg.type == BOOL:
+                    raise self.error(f"{e.func}() takes numbers; this argument is a condition", node.pos, func)
+            if func is not None:  # checking a definition: parameters stay symbolic
+                out = ast.Call(e.pos, e.func, args)
+                out.type = NUM
+                return out
+            return self.inline(callee, args, stack)
+        if e.func in scope or e.func in CONSTANTS:
+            raise self.error(f"{e.func!r} is not a function", e.pos, func)
+        raise self.error(f"unknown function {e.func!r}", e.pos, func)
+
+    def inline(self, callee: ast.FuncDef, args, stack):
+        """Substitute checked arguments into the callee's body and check the result."""
+        bindings = dict(zip(callee.params, args))
+        return self.expr(_substitute(callee.body, bindings), {}, None, list(stack) + [callee.name])
+
+
+def _substitute(e: ast.Expr, bindings: dict) -> ast.Expr:
+    if isinstance(e, ast.Name) and e.id in bindings:
+        return _Bound(bindings[e.id])
+    if isinstance(e, ast.Unary):
+        return ast.Unary(e.pos, e.op, _substitute(e.operand, bindings))
+    if isinstance(e, ast.Binary):
+        return ast.Binary(e.pos, e.op, _substitute(e.left, bindings), _substitute(e.right, bindings))
+    if isinstance(e, ast.Compare):
+        return ast.Compare(e.pos, list(e.ops), [_substitute(o, bindings) for o in e.operands])
+    if isinstance(e, ast.Call):
+        return ast.Call(e.pos, e.func, [_substitute(a, bindings) for a in e.args])
+    return copy.copy(e)
+
+
+class _Bound(ast.Expr):
+    """An already-checked argument spliced into an inlined function body."""
+
+    def __init__(self, expr: ast.Expr):
+        super().__init__(expr.pos)
+        self.expr = expr
+
+
+def _join(*exprs) -> str:
+    return ELEMENT if any(x.kind == ELEMENT for x in exprs) else HOST
+
+
+def _type_message(op, want, got) -> str:
+    if want == NUM:
+        return f"{op!r} needs numbers, but this is a condition"
+    return f"{op!r} needs conditions, but this is a number (compare it, e.g. `x > 0`)"
+
+
+def _arity_message(name, want, got) -> str:
+    s = "" if want == 1 else "s"
+    return f"{name}() takes {want} argument{s}, got {got}"
+
+
+def check(spec: ast.Spec) -> CheckedSpec:
+    """Check a parsed spec; raise `SpecError` (located in the spec file) on the first problem."""
+    try:
+        checker = _Checker(spec)
+        checker.declare()
+        checker.check_functions()
+        checker.check_hypers()
+        checker.check_states()
+        body = checker.check_body()
+        return CheckedSpec(spec, body, checker.hyper_scalars, checker.conditions, checker.uses_step, checker.fresh_states)
+    except SpecError as exc:
+        raise exc.located(spec.path, spec.source) from None

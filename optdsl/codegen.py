@@ -1,0 +1,209 @@
+"""Codegen stage: render a planned spec into one Python module (reference + Triton + Optimizer)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import sympy
+
+from . import __version__, ast
+from .checker import CheckedSpec
+from .plan import KernelPlan, Plan
+from .printers import HOST_HELPERS, HOST_HELPER_DEPENDENCIES, TRITON_HELPERS, HostPrinter, ReferencePrinter, TritonPrinter, float_literal
+
+TORCH_DTYPES = {"float16": "torch.float16", "bfloat16": "torch.bfloat16", "float32": "torch.float32", "float64": "torch.float64"}
+
+
+def snake_case(name: str) -> str:
+    text = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    text = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", text)
+    return text.lower()
+
+
+@dataclass
+class KernelView:
+    """A kernel plan with its source text, ready for the template."""
+
+    plan: KernelPlan
+    kernel_name: str
+    launcher_name: str
+    tensors: list[str]
+    loads: list[str]
+    stores: list[tuple[str, str]]  # tensor, printed value
+    body: list[tuple[str, str]]
+    host_defs: list[tuple[str, str]]
+    host_inputs: list[str]
+    scalar_args: list[str]
+
+
+def _python_string(text: str) -> str:
+    """A docstring body that cannot end the string it sits in."""
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
+def _comment(text: str) -> str:
+    return " ".join(text.split())
+
+
+def render(plan: Plan, spec_text: str, spec_path: str) -> str:
+    checked: CheckedSpec = plan.lowered.checked
+    spec = checked.spec
+    prefix = f"_{snake_case(spec.name)}"
+    triton_printer = TritonPrinter()
+    host_printer = HostPrinter()
+    ref_printer = ReferencePrinter()
+
+    kernels = []
+    for plan_kernel in plan.kernels:
+        suffix = f"_{plan_kernel.suffix}" if plan_kernel.suffix else ""
+        body = [(str(sym), triton_printer.doprint(expr)) for sym, expr in plan_kernel.body]
+        stores = []
+        for name, value in plan_kernel.outputs.items():
+            stores.append((name, triton_printer.doprint(value)))
+        host_defs = [(str(sym), host_printer.doprint(expr)) for sym, expr in plan_kernel.host_defs]
+        kernels.append(KernelView(
+            plan_kernel, f"{prefix}_kernel{suffix}", f"{prefix}_launch{suffix}", plan_kernel.tensors,
+            plan_kernel.loads, stores, body, host_defs, plan_kernel.host_inputs, plan_kernel.scalar_args,
+        ))
+
+    variant_rows = []
+    for key in (k for kernel in plan.kernels for k in kernel.keys):
+        kernel = next(v for v in kernels if tuple(key) in v.plan.keys)
+        touched = [s for s in checked.state_names if s in kernel.tensors]
+        writes = [t for t in kernel.plan.stores]
+        variant_rows.append((key, kernel.launcher_name, touched, writes))
+    variant_rows.sort(key=lambda row: [not b for b in row[0]])
+
+    conditions = [host_printer.doprint(c) for c in plan.lowered.conditions]
+    condition_inputs = sorted({s.name for c in plan.lowered.conditions for s in c.free_symbols},
+                              key=lambda n: _host_order(checked).index(n) if n in _host_order(checked) else 0)
+
+    reference_lines = _reference_body(checked, ref_printer)
+    reference_inputs = [n for n in _host_order(checked) if re.search(rf"\b{n}\b", "\n".join(reference_lines))]
+
+    hypers = []
+    for hyper in spec.hypers:
+        if hyper.constraint is not None:
+            constraint = ref_printer.expr(hyper.constraint)
+        else:
+            constraint = None
+        hypers.append(dict(
+            name=hyper.name,
+            default=_default_literal(hyper.default),
+            components=hyper.components,
+            kind="flag" if hyper.is_flag else ("tuple" if hyper.components else "number"),
+            constraint=constraint,
+        ))
+
+    states = []
+    for state in spec.states:
+        dtype = TORCH_DTYPES[state.dtype] if state.dtype else None
+        if isinstance(state.init, ast.Name) and state.init.id == "param":
+            init = "param.detach().clone(memory_format=torch.preserve_format)"
+            if dtype:
+                init += f".to({dtype})"
+        else:
+            value = ref_printer.expr(state.init)
+            dtype_arg = f", dtype={dtype}" if dtype else ""
+            if isinstance(state.init, ast.Number) and state.init.value == 0:
+                init = f"torch.zeros_like(param, memory_format=torch.preserve_format{dtype_arg})"
+            else:
+                init = f"torch.full_like(param, {value}, memory_format=torch.preserve_format{dtype_arg})"
+        init_inputs = [n for n in checked.hyper_scalars if re.search(rf"\b{n}\b", init)]
+        states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=dtype))
+
+    triton_helpers = [TRITON_HELPERS[h] for h in sorted(triton_printer.helpers)]
+    host_needed = set(host_printer.helpers) | set(ref_printer.helpers)
+    for helper in list(host_needed):
+        host_needed.update(HOST_HELPER_DEPENDENCIES.get(helper, ()))
+    host_helpers = [HOST_HELPERS[h] for h in sorted(host_needed)]
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("optdsl", "templates"),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+    env.filters["pystr"] = _python_string
+    env.filters["comment"] = _comment
+    env.filters["tuple_literal"] = _tuple_literal
+    env.filters["add_suffix"] = lambda text, suffix: f"{text}{suffix}"
+    env.filters["tensor_arg"] = lambda t: t if t in ("param", "grad") else f'state["{t}"]'
+    env.filters["as_bool"] = lambda c: c if c in ("True", "False") else f"bool({c})"
+    template = env.get_template("module.py.j2")
+    text = template.render(
+        version=__version__,
+        spec=spec,
+        spec_path=spec_path,
+        spec_hash=hashlib.sha256(spec_text.encode()).hexdigest(),
+        name=spec.name,
+        prefix=prefix,
+        doc=spec.doc,
+        hypers=hypers,
+        hyper_scalars=checked.hyper_scalars,
+        states=states,
+        typed_states=[s for s in states if s["dtype"]],
+        uses_step=True,
+        fresh_states=checked.fresh_states,
+        kernels=kernels,
+        variant_rows=variant_rows,
+        conditions=conditions,
+        condition_inputs=condition_inputs,
+        reference_lines=reference_lines,
+        reference_inputs=reference_inputs,
+        reference_states=checked.state_names,
+        assigned=["param"] + [s for s in checked.state_names if any(s in k.plan.stores for k in kernels)],
+        triton_helpers=triton_helpers,
+        host_helpers=host_helpers,
+    )
+    return re.sub(r"\n{3,}(?=[^\n@d#c_])", "\n\n\n", text)
+
+
+def _tuple_literal(items, quote=True) -> str:
+    parts = [f'"{i}"' if quote else str(i) for i in items]
+    if len(parts) == 1:
+        return f"({parts[0]},)"
+    return "(" + ", ".join(parts) + ")"
+
+
+def _host_order(checked: CheckedSpec) -> list[str]:
+    return list(checked.hyper_scalars) + ["step"] + [f"fresh_{s}" for s in checked.fresh_states]
+
+
+def _default_literal(value) -> str:
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_default_literal(v) for v in value) + ")"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return repr(int(value))
+    return float_literal(value)
+
+
+def _reference_body(checked: CheckedSpec, printer: ReferencePrinter) -> list[str]:
+    lines: list[str] = []
+
+    def emit(statements, depth):
+        indent = "    " * depth
+        for stmt in statements:
+            if isinstance(stmt, ast.Assign):
+                lines.append(f"{indent}{stmt.target} = {printer.expr(stmt.value)}")
+                continue
+            for i, (cond, body) in enumerate(stmt.branches):
+                keyword = "if" if i == 0 else "elif"
+                lines.append(f"{indent}{keyword} {printer.expr(cond)}:")
+                emit(body, depth + 1)
+                if not body:
+                    lines.append(f"{indent}    pass")
+            if stmt.orelse:
+                lines.append(f"{indent}else:")
+                emit(stmt.orelse, depth + 1)
+
+    emit(checked.body, 1)
+    return lines

@@ -1,0 +1,66 @@
+"""The pipeline in one place: parse → check → IR → plan → codegen, and `load` for in-memory use."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checker, codegen, ir, parser, plan
+from .checker import CheckedSpec
+from .plan import Plan
+
+
+@dataclass
+class Compiled:
+    checked: CheckedSpec
+    plan: Plan
+    source: str  # the generated module
+    module_name: str  # snake_case name, e.g. "adamw"
+
+
+def check_file(path) -> CheckedSpec:
+    return checker.check(parser.parse_file(path))
+
+
+def compile_file(path, display_path: str | None = None) -> Compiled:
+    path = Path(path)
+    checked = check_file(path)
+    planned = plan.plan(ir.lower(checked))
+    spec_text = path.read_text(encoding="utf-8")
+    shown = display_path or path.as_posix()
+    source = codegen.render(planned, spec_text, shown)
+    return Compiled(checked, planned, source, codegen.snake_case(checked.name))
+
+
+def load_module(path):
+    """Compile a spec in memory and import the generated module (not written to disk)."""
+    compiled = compile_file(path)
+    name = f"optdsl_generated.{compiled.module_name}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__file__ = f"<optdsl:{path}>"
+    # Triton's JIT reads kernel source through linecache, so register the text under the fake path.
+    import linecache
+
+    lines = compiled.source.splitlines(keepends=True)
+    linecache.cache[module.__file__] = (len(compiled.source), None, lines, module.__file__)
+    sys.modules[name] = module
+    exec(compile(compiled.source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def load(path):
+    """Compile a spec in memory and return its optimizer class."""
+    return _optimizer_class(load_module(path))
+
+
+def _optimizer_class(module):
+    import torch
+
+    for value in vars(module).values():
+        if isinstance(value, type) and issubclass(value, torch.optim.Optimizer) and value is not torch.optim.Optimizer:
+            if value.__module__ == module.__name__:
+                return value
+    raise LookupError("generated module defines no optimizer")

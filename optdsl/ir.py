@@ -1,0 +1,207 @@
+"""IR stage: the checked spec lowered to SymPy, one straight-line program per kernel variant.
+
+Each `if` condition is host-level, so it is decided once per tensor per step and selects a
+kernel *variant*. For each combination of condition values the update body is lowered into the
+new values of `param` and of every assigned state, as SymPy expressions over:
+
+* element symbols: `param`, `grad` and the states' old values (one value per tensor element);
+* host symbols: hyperparameters, `step`, and `fresh_<state>` flags.
+
+SymPy's automatic evaluation only applies value-preserving rewrites (up to rounding): we never
+call `simplify`, so `sqrt(v) + eps` and `sqrt(v + eps)` stay distinct.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import sympy
+from sympy.codegen.cfunctions import log1p
+
+from . import ast
+from .checker import CheckedSpec
+from .errors import SpecError
+
+MAX_CONDITIONS = 8
+
+
+class sigmoid(sympy.Function):
+    """1 / (1 + exp(-x)), kept as one function so it is printed with a stable implementation."""
+
+    nargs = 1
+
+
+def element_symbol(name: str) -> sympy.Symbol:
+    return sympy.Symbol(name, real=True)
+
+
+def host_symbol(name: str, is_flag: bool = False) -> sympy.Symbol:
+    return sympy.Symbol(name) if is_flag else sympy.Symbol(name, real=True)
+
+
+def number(value: float) -> sympy.Expr:
+    if math.isinf(value):
+        return sympy.oo if value > 0 else -sympy.oo
+    if value.is_integer() and abs(value) < 2**53:
+        return sympy.Integer(int(value))
+    if (2 * value).is_integer():
+        return sympy.Rational(int(2 * value), 2)
+    return sympy.Float(value)
+
+
+_RELATIONS = {"<": sympy.Lt, "<=": sympy.Le, ">": sympy.Gt, ">=": sympy.Ge, "==": sympy.Eq, "!=": sympy.Ne}
+
+
+@dataclass
+class Variant:
+    """The update for one combination of `if` conditions."""
+
+    key: tuple[bool, ...]
+    outputs: dict[str, sympy.Expr]  # "param" and each assigned state -> new value
+    local_names: list[tuple[str, sympy.Expr]]  # spec names bound along the way (for readable code)
+
+    @property
+    def reads(self) -> list[str]:
+        names = set()
+        for expr in self.outputs.values():
+            names |= {s.name for s in expr.free_symbols}
+        return sorted(names)
+
+
+@dataclass
+class LoweredSpec:
+    checked: CheckedSpec
+    element_symbols: frozenset
+    conditions: list[sympy.Basic]  # each `if` condition as a host expression
+    variants: list[Variant] = field(default_factory=list)
+
+
+class _Lowering:
+    def __init__(self, checked: CheckedSpec):
+        self.checked = checked
+        self.cond_index = {id(c): i for i, c in enumerate(checked.conditions)}
+        self.conditions: dict[int, sympy.Basic] = {}
+        self.base_env: dict[str, sympy.Basic] = {}
+        for name, typ in checked.hyper_scalars.items():
+            self.base_env[name] = host_symbol(name, typ == "bool")
+        for name in ("param", "grad", *checked.state_names):
+            self.base_env[name] = element_symbol(name)
+        self.base_env["step"] = host_symbol("step")
+
+    def lower_variant(self, key) -> Variant:
+        env = dict(self.base_env)
+        assigned: list[str] = []
+        names: list[tuple[str, sympy.Expr]] = []
+        self.block(self.checked.body, env, key, assigned, names)
+        outputs = {name: env[name] for name in ["param"] + self.checked.state_names if name in assigned}
+        return Variant(tuple(key), outputs, names)
+
+    def block(self, statements, env, key, assigned, names):
+        for stmt in statements:
+            if isinstance(stmt, ast.Assign):
+                value = self.expr(stmt.value, env)
+                env[stmt.target] = value
+                if stmt.target == "param" or stmt.target in self.checked.state_names:
+                    if stmt.target not in assigned:
+                        assigned.append(stmt.target)
+                else:
+                    names.append((stmt.target, value))
+                continue
+            taken = stmt.orelse
+            for cond, body in stmt.branches:
+                index = self.cond_index[id(cond)]
+                lowered = self.expr(cond, env)
+                previous = self.conditions.setdefault(index, lowered)
+                if previous != lowered:
+                    raise SpecError(
+                        "this condition depends on a value that an earlier `if` sets differently; "
+                        "compute it before the first `if`",
+                        cond.pos,
+                    )
+                if key[index]:
+                    taken = body
+                    break
+            self.block(taken, env, key, assigned, names)
+
+    def expr(self, e: ast.Expr, env) -> sympy.Basic:
+        if isinstance(e, ast.Number):
+            return number(e.value)
+        if isinstance(e, ast.Bool):
+            return sympy.true if e.value else sympy.false
+        if isinstance(e, ast.Name):
+            if e.id == "inf":
+                return sympy.oo
+            if e.id == "pi":
+                return sympy.Float(math.pi)
+            return env[e.id]
+        if isinstance(e, ast.Unary):
+            operand = self.expr(e.operand, env)
+            return {"-": lambda x: -x, "+": lambda x: x, "not": sympy.Not}[e.op](operand)
+        if isinstance(e, ast.Binary):
+            left, right = self.expr(e.left, env), self.expr(e.right, env)
+            if e.op == "+":
+                return left + right
+            if e.op == "-":
+                return left - right
+            if e.op == "*":
+                return left * right
+            if e.op == "/":
+                return left / right
+            if e.op == "^":
+                return sympy.Pow(left, right)
+            if e.op == "and":
+                return sympy.And(left, right)
+            return sympy.Or(left, right)
+        if isinstance(e, ast.Compare):
+            operands = [self.expr(o, env) for o in e.operands]
+            parts = [_RELATIONS[op](a, b) for op, a, b in zip(e.ops, operands, operands[1:])]
+            return sympy.And(*parts)
+        if isinstance(e, ast.Call):
+            if e.func == "fresh":
+                return host_symbol(f"fresh_{e.args[0].id}", is_flag=True)
+            args = [self.expr(a, env) for a in e.args]
+            return _BUILTINS[e.func](*args)
+        raise TypeError(f"cannot lower {e!r}")
+
+
+def _clamp(x, lo, hi):
+    return sympy.Min(sympy.Max(x, lo), hi)
+
+
+_BUILTINS = {
+    "sqrt": sympy.sqrt,
+    "rsqrt": lambda x: sympy.Pow(x, sympy.Rational(-1, 2)),
+    "exp": sympy.exp,
+    "log": sympy.log,
+    "log1p": log1p,
+    "abs": sympy.Abs,
+    "sign": sympy.sign,
+    "sigmoid": sigmoid,
+    "tanh": sympy.tanh,
+    "atan2": sympy.atan2,
+    "min": sympy.Min,
+    "max": sympy.Max,
+    "clamp": _clamp,
+    "lerp": lambda a, b, w: a + w * (b - a),
+    "where": lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
+}
+
+
+def lower(checked: CheckedSpec) -> LoweredSpec:
+    """Lower every variant of a checked spec to SymPy."""
+    n = len(checked.conditions)
+    if n > MAX_CONDITIONS:
+        raise SpecError(
+            f"too many `if` conditions ({n}; at most {MAX_CONDITIONS}): each doubles the kernel variants",
+            checked.conditions[MAX_CONDITIONS].pos,
+        ).located(checked.spec.path, checked.spec.source)
+    lowering = _Lowering(checked)
+    try:
+        variants = [lowering.lower_variant(key) for key in itertools.product((True, False), repeat=n)]
+    except SpecError as exc:
+        raise exc.located(checked.spec.path, checked.spec.source) from None
+    element = frozenset(element_symbol(n) for n in ("param", "grad", *checked.state_names))
+    conditions = [lowering.conditions.get(i, sympy.false) for i in range(n)]
+    return LoweredSpec(checked, element, conditions, variants)

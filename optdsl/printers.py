@@ -1,0 +1,408 @@
+"""Code printers: SymPy IR → Triton and host-Python source, checked AST → readable PyTorch.
+
+The SymPy printers subclass `StrPrinter`, which already handles precedence and writes products
+with negative powers as divisions; we override only what differs in the target language.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy
+from sympy.codegen.cfunctions import log1p
+from sympy.printing.precedence import precedence
+from sympy.printing.str import StrPrinter
+
+from . import ast
+from .ast import ELEMENT, HOST
+from .ir import sigmoid
+
+# Triton helpers for functions without a core `tl` op; written with core ops only so the same
+# code runs in the interpreter (CI) and on the GPU.
+TRITON_HELPERS = {
+    "_sign": '''
+@_jit
+def _sign(x):
+    # sign(0) = 0 and sign(nan) = nan, as torch.sign.
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, x * 0.0))
+''',
+    "_log1p": '''
+@_jit
+def _log1p(x):
+    # log(1 + x) without cancellation for small x (Goldberg's trick).
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+''',
+    "_tanh": '''
+@_jit
+def _tanh(x):
+    # tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|); a series keeps small |x| accurate.
+    ax = tl.abs(x)
+    e = tl.exp(-2.0 * ax)
+    large = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    small = ax * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+    return tl.where(x < 0, -1.0, 1.0) * tl.where(ax < 0.0625, small, large)
+''',
+    "_atan2": '''
+@_jit
+def _atan(x):
+    # Cephes atanf: reduce |x| to [0, tan(pi/8)], then a degree-9 odd polynomial.
+    ax = tl.abs(x)
+    big = ax > 2.414213562373095
+    mid = ax > 0.4142135623730951
+    z = tl.where(big, -1.0 / ax, tl.where(mid, (ax - 1.0) / (ax + 1.0), ax))
+    y0 = tl.where(big, 1.5707963267948966, tl.where(mid, 0.7853981633974483, 0.0))
+    z2 = z * z
+    p = (((8.05374449538e-2 * z2 - 1.38776856032e-1) * z2 + 1.99777106478e-1) * z2 - 3.33329491539e-1) * z2 * z + z
+    return tl.where(x < 0, -(y0 + p), y0 + p)
+
+
+@_jit
+def _atan2(y, x):
+    # Quadrant handling of torch.atan2 (and C's atan2f) around the helper above.
+    base = _atan(y / x)
+    pi = 3.141592653589793
+    shifted = tl.where(y < 0, base - pi, base + pi)
+    result = tl.where(x < 0, shifted, base)
+    on_axis = tl.where(y > 0, pi / 2, tl.where(y < 0, -pi / 2, tl.where(x < 0, tl.where(y < 0, -pi, pi), 0.0 * y)))
+    return tl.where(x == 0, on_axis, result)
+''',
+}
+
+HOST_HELPERS = {
+    "_sqrt": "def _sqrt(x):\n    return math.sqrt(x) if x >= 0 else math.nan\n",
+    "_log": "def _log(x):\n    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)\n",
+    "_log1p": "def _log1p(x):\n    return math.log1p(x) if x > -1 else (-math.inf if x == -1 else math.nan)\n",
+    "_exp": "def _exp(x):\n    return math.exp(x) if x < 709.78 else math.inf\n",
+    "_sign": "def _sign(x):\n    return (x > 0) - (x < 0) if x == x else x\n",
+    "_sigmoid": "def _sigmoid(x):\n    return 1 / (1 + _exp(-x))\n",
+    "_pow": ("def _pow(x, y):\n    try:\n        result = x ** y\n    except (OverflowError, ZeroDivisionError):\n"
+             "        return math.inf\n    return math.nan if isinstance(result, complex) else result\n"),
+}
+HOST_HELPER_DEPENDENCIES = {"_sigmoid": ("_exp",)}
+
+
+def float_literal(value: float) -> str:
+    if math.isinf(value):
+        return "float('inf')" if value > 0 else "float('-inf')"
+    text = repr(float(value))
+    return text
+
+
+class _Common(StrPrinter):
+    """Number printing shared by the kernel and host printers."""
+
+    def __init__(self):
+        super().__init__({"full_prec": True})
+        self.helpers: set[str] = set()
+
+    def _print_Float(self, expr):
+        return float_literal(float(expr))
+
+    def _print_Rational(self, expr):
+        return float_literal(float(expr))
+
+    def _print_Half(self, expr):
+        return "0.5"
+
+    def _print_Infinity(self, expr):
+        return "float('inf')"
+
+    def _print_NegativeInfinity(self, expr):
+        return "float('-inf')"
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"
+
+    def _print_Relational(self, expr):
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        prec = precedence(expr)
+        return f"({self.parenthesize(expr.lhs, prec)} {op} {self.parenthesize(expr.rhs, prec)})"
+
+    def _integer_power(self, base, n):
+        text = self.parenthesize(base, precedence(sympy.Mul(base, base, evaluate=False)) + 1)
+        return " * ".join([text] * n)
+
+
+class TritonPrinter(_Common):
+    """SymPy → Triton expression source (math in the kernel's compute dtype)."""
+
+    def _print_Integer(self, expr):
+        # Float literals keep every operand of tl.maximum / tl.where floating point.
+        return float_literal(float(expr))
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.base, expr.exp
+        if exp == sympy.Rational(1, 2):
+            return f"tl.sqrt({self._print(base)})"
+        if exp == sympy.Rational(-1, 2):
+            return f"tl.rsqrt({self._print(base)})"
+        if exp.is_Integer and 2 <= int(exp) <= 8:
+            return self._integer_power(base, int(exp))
+        if exp.is_Integer and -8 <= int(exp) <= -1:
+            power = self._integer_power(base, -int(exp)) if int(exp) < -1 else self._print(base)
+            return f"1.0 / ({power})" if int(exp) < -1 else f"1.0 / {self.parenthesize(base, 1000)}"
+        return f"tl.exp({self._print(exp)} * tl.log({self._print(base)}))"
+
+    def _print_Function(self, expr):
+        args = [self._print(a) for a in expr.args]
+        name = type(expr).__name__
+        simple = {"exp": "tl.exp", "log": "tl.log", "sigmoid": "tl.sigmoid"}
+        if name in simple:
+            return f"{simple[name]}({args[0]})"
+        helper = {"log1p": "_log1p", "tanh": "_tanh", "sign": "_sign", "atan2": "_atan2"}.get(name)
+        if helper is None:
+            raise NotImplementedError(f"no Triton lowering for {name}")
+        self.helpers.add(helper)
+        return f"{helper}({', '.join(args)})"
+
+    _print_exp = _print_Function
+    _print_log = _print_Function
+    _print_sign = _print_Function
+    _print_tanh = _print_Function
+    _print_atan2 = _print_Function
+
+    def _print_Abs(self, expr):
+        return f"tl.abs({self._print(expr.args[0])})"
+
+    def _minmax(self, expr, fn):
+        args = [self._print(a) for a in expr.args]
+        text = args[0]
+        for arg in args[1:]:
+            text = f"{fn}({text}, {arg}, propagate_nan=tl.PropagateNan.ALL)"
+        return text
+
+    def _print_Max(self, expr):
+        return self._minmax(expr, "tl.maximum")
+
+    def _print_Min(self, expr):
+        return self._minmax(expr, "tl.minimum")
+
+    def _print_Piecewise(self, expr):
+        *branches, (last, cond) = expr.args
+        text = self._print(last)
+        for value, condition in reversed(branches):
+            text = f"tl.where({self._print(condition)}, {self._print(value)}, {text})"
+        return text
+
+    def _print_And(self, expr):
+        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(not {self._print(expr.args[0])})"
+
+
+class HostPrinter(_Common):
+    """SymPy → Python over floats, computed once per tensor per step outside the kernel.
+
+    Helpers return inf/nan where `math` would raise, so host math follows IEEE rules as the
+    kernel does.
+    """
+
+    def _helper(self, name, *args):
+        self.helpers.add(name)
+        self.helpers.update(HOST_HELPER_DEPENDENCIES.get(name, ()))
+        return f"{name}({', '.join(self._print(a) for a in args)})"
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.base, expr.exp
+        if exp == sympy.Rational(1, 2):
+            return self._helper("_sqrt", base)
+        if exp == sympy.Rational(-1, 2):
+            return f"1 / {self._helper('_sqrt', base)}"
+        if exp == -1:
+            return f"1 / {self.parenthesize(base, precedence(expr))}"
+        if exp.is_Integer and int(exp) > 0:
+            return f"{self.parenthesize(base, precedence(expr) + 1)} ** {int(exp)}"
+        return self._helper("_pow", base, exp)
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        if name in ("exp", "log", "log1p", "sigmoid", "sign"):
+            return self._helper(f"_{name}", *expr.args)
+        if name in ("tanh", "atan2"):
+            return f"math.{name}({', '.join(self._print(a) for a in expr.args)})"
+        raise NotImplementedError(f"no host lowering for {name}")
+
+    _print_exp = _print_Function
+    _print_log = _print_Function
+    _print_sign = _print_Function
+    _print_tanh = _print_Function
+    _print_atan2 = _print_Function
+
+    def _print_Abs(self, expr):
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Max(self, expr):
+        return f"max({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Min(self, expr):
+        return f"min({', '.join(self._print(a) for a in expr.args)})"
+
+    def _print_Piecewise(self, expr):
+        # Branch values print as floats so the kernel argument is a float whichever is taken.
+        def value_text(value):
+            return float_literal(float(value)) if value.is_Number else self._print(value)
+
+        *branches, (last, _) = expr.args
+        text = value_text(last)
+        for value, condition in reversed(branches):
+            text = f"({value_text(value)} if {self._print(condition)} else {text})"
+        return text
+
+    def _print_And(self, expr):
+        return "(" + " and ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " or ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(not {self._print(expr.args[0])})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checked AST → readable PyTorch (the reference implementation).
+
+_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "cmp": 4, "+": 5, "-": 5, "*": 6, "/": 6, "neg": 7, "^": 8, "atom": 9}
+
+
+class ReferencePrinter:
+    """Prints spec expressions as Python: floats and `math` for host values, torch for tensors.
+
+    Names are kept from the spec, and user functions arrive already inlined by the checker.
+    """
+
+    TORCH_UNARY = {"sqrt": "torch.sqrt", "rsqrt": "torch.rsqrt", "exp": "torch.exp", "log": "torch.log",
+                   "log1p": "torch.log1p", "abs": "torch.abs", "sign": "torch.sign", "sigmoid": "torch.sigmoid",
+                   "tanh": "torch.tanh"}
+    HOST_UNARY = {"sqrt": "_sqrt", "exp": "_exp", "log": "_log", "log1p": "_log1p", "sign": "_sign",
+                  "sigmoid": "_sigmoid", "abs": "abs", "tanh": "math.tanh"}
+
+    def __init__(self):
+        self.helpers: set[str] = set()
+
+    def expr(self, e: ast.Expr) -> str:
+        return self._expr(e)[0]
+
+    def _wrap(self, text_prec, want):
+        text, prec = text_prec
+        return f"({text})" if prec < want else text
+
+    def _expr(self, e):
+        if isinstance(e, ast.Number):
+            text = e.text
+            if "e" in text.lower() and "." not in text.lower().split("e")[0]:
+                text = float_literal(e.value)
+            return text, _PRECEDENCE["atom"]
+        if isinstance(e, ast.Bool):
+            return ("True" if e.value else "False"), _PRECEDENCE["atom"]
+        if isinstance(e, ast.Name):
+            if e.id == "inf":
+                return "math.inf", _PRECEDENCE["atom"]
+            if e.id == "pi":
+                return "math.pi", _PRECEDENCE["atom"]
+            return e.id, _PRECEDENCE["atom"]
+        if isinstance(e, ast.Unary):
+            if e.op == "not":
+                if e.kind == ELEMENT:
+                    return f"~{self._wrap(self._expr(e.operand), _PRECEDENCE['atom'])}", _PRECEDENCE["neg"]
+                return f"not {self._wrap(self._expr(e.operand), _PRECEDENCE['not'])}", _PRECEDENCE["not"]
+            if e.op == "+":
+                return self._expr(e.operand)
+            return f"-{self._wrap(self._expr(e.operand), _PRECEDENCE['neg'])}", _PRECEDENCE["neg"]
+        if isinstance(e, ast.Binary):
+            if e.op in ("and", "or"):
+                if e.kind == ELEMENT:
+                    op = "&" if e.op == "and" else "|"
+                    left = self._wrap(self._expr(e.left), _PRECEDENCE["atom"])
+                    right = self._wrap(self._expr(e.right), _PRECEDENCE["atom"])
+                    return f"{left} {op} {right}", _PRECEDENCE["cmp"]
+                prec = _PRECEDENCE[e.op]
+                return f"{self._wrap(self._expr(e.left), prec)} {e.op} {self._wrap(self._expr(e.right), prec + 1)}", prec
+            if e.op == "^":
+                prec = _PRECEDENCE["^"]
+                base = self._wrap(self._expr(e.left), prec + 1)
+                exponent = self._wrap(self._expr(e.right), prec)
+                if e.kind == HOST and not (isinstance(e.right, ast.Number) and e.right.value.is_integer()):
+                    self.helpers.add("_pow")
+                    return f"_pow({self.expr(e.left)}, {self.expr(e.right)})", _PRECEDENCE["atom"]
+                return f"{base} ** {exponent}", prec
+            prec = _PRECEDENCE[e.op]
+            left = self._wrap(self._expr(e.left), prec)
+            right = self._wrap(self._expr(e.right), prec + 1)
+            return f"{left} {e.op} {right}", prec
+        if isinstance(e, ast.Compare):
+            parts = [self._wrap(self._expr(o), _PRECEDENCE["+"]) for o in e.operands]
+            if e.kind == HOST:
+                text = parts[0] + "".join(f" {op} {p}" for op, p in zip(e.ops, parts[1:]))
+                return text, _PRECEDENCE["cmp"]
+            pairs = [f"({a} {op} {b})" for a, op, b in zip(parts, e.ops, parts[1:])]
+            return " & ".join(pairs), (_PRECEDENCE["atom"] if len(pairs) == 1 else _PRECEDENCE["cmp"])
+        if isinstance(e, ast.Call):
+            return self._call(e), _PRECEDENCE["atom"]
+        raise TypeError(f"cannot print {e!r}")
+
+    def _call(self, e: ast.Call) -> str:
+        args = [self.expr(a) for a in e.args]
+        kinds = [a.kind for a in e.args]
+        f = e.func
+        if f == "fresh":
+            return f"fresh_{e.args[0].id}"
+        if e.kind == HOST:
+            if f == "rsqrt":
+                self.helpers.add("_sqrt")
+                return f"1 / _sqrt({args[0]})"
+            if f in self.HOST_UNARY:
+                name = self.HOST_UNARY[f]
+                if name.startswith("_"):
+                    self.helpers.add(name)
+                    if name == "_sigmoid":
+                        self.helpers.add("_exp")
+                return f"{name}({args[0]})"
+            if f == "atan2":
+                return f"math.atan2({args[0]}, {args[1]})"
+            if f in ("min", "max"):
+                return f"{f}({args[0]}, {args[1]})"
+            if f == "clamp":
+                return f"min(max({args[0]}, {args[1]}), {args[2]})"
+            if f == "lerp":
+                return f"{args[0]} + {self._wrap(self._expr(e.args[2]), 6)} * ({args[1]} - {args[0]})"
+            if f == "where":
+                return f"({args[1]} if {args[0]} else {args[2]})"
+        else:
+            if f in self.TORCH_UNARY:
+                return f"{self.TORCH_UNARY[f]}({args[0]})"
+            if f == "atan2":
+                return f"torch.atan2({self._tensor(args[0], kinds[0], args[1])}, {self._tensor(args[1], kinds[1], args[0])})"
+            if f in ("min", "max"):
+                fn = "torch.minimum" if f == "min" else "torch.maximum"
+                bound = "max" if f == "min" else "min"
+                if kinds[0] == ELEMENT and kinds[1] == ELEMENT:
+                    return f"{fn}({args[0]}, {args[1]})"
+                tensor, scalar = (args[0], args[1]) if kinds[0] == ELEMENT else (args[1], args[0])
+                return f"torch.clamp({tensor}, {bound}={scalar})"
+            if f == "clamp":
+                x = self._tensor(args[0], kinds[0], args[1] if kinds[1] == ELEMENT else args[2])
+                if kinds[1] == kinds[2]:
+                    return f"torch.clamp({x}, {args[1]}, {args[2]})"
+                return f"torch.clamp(torch.clamp({x}, min={args[1]}), max={args[2]})"
+            if f == "lerp":
+                if kinds[0] == ELEMENT and kinds[1] == ELEMENT:
+                    return f"torch.lerp({args[0]}, {args[1]}, {args[2]})"
+                return f"{self._wrap(self._expr(e.args[0]), 5)} + {self._wrap(self._expr(e.args[2]), 6)} * ({args[1]} - {args[0]})"
+            if f == "where":
+                if kinds[0] == HOST:
+                    return f"({args[1]} if {args[0]} else {args[2]})"
+                return f"torch.where({args[0]}, {args[1]}, {args[2]})"
+        raise NotImplementedError(f"no reference lowering for {f}")
+
+    @staticmethod
+    def _tensor(text, kind, like):
+        return text if kind == ELEMENT else f"torch.full_like({like}, {text})"
