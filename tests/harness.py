@@ -1,0 +1,108 @@
+"""Shared machinery for differential tests: build params, drive two optimizers in lockstep and
+compare params and every state tensor after every step."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+# Relative error bounds: max |a - b| / max |b| per tensor.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@dataclass
+class OptimInfo:
+    """One record per spec: where its generated class lives and what it is checked against.
+
+    oracle: builds the outside implementation from (params, **kwargs); None when the spec has
+        no outside oracle (its tests then use `transcription`).
+    configs: keyword arguments to test, each run through every check.
+    state_map: our state name -> the oracle's state name (for states both keep; torch mirrors keep
+        identical names).
+    oracle_kwargs: maps our kwargs to the oracle's constructor arguments.
+    """
+
+    spec: str  # file stem in specs/, e.g. "adamw"
+    cls: str  # class name in generated/<spec>.py
+    oracle: Optional[Callable] = None
+    configs: list = field(default_factory=lambda: [{}])
+    state_map: Optional[dict] = None
+    oracle_kwargs: Optional[Callable] = None
+    torch_mirror: bool = False  # same state names and checkpoint format as torch.optim
+    tolerance: dict = field(default_factory=lambda: dict(TOLERANCE))
+    shapes: tuple = ((7, 13), (129,), ())
+    notes: str = ""
+
+    @property
+    def generated(self):
+        module = importlib.import_module(f"generated.{self.spec}")
+        return getattr(module, self.cls)
+
+    def __str__(self):
+        return self.spec
+
+
+def make_params(shapes, dtype, seed=0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).to(device).requires_grad_() for shape in shapes]
+
+
+def make_grads(params, step, seed=0):
+    gen = torch.Generator().manual_seed(10_000 + seed * 1000 + step)
+    return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype).to(p.device) for p in params]
+
+
+# A tensor whose values all sit near zero (a 0-dim moment crossing zero) is compared against this
+# scale instead of its own, so one rounding step there does not read as a large relative error.
+SCALE_FLOOR = 1e-2
+
+
+def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double(), expected.detach().double()
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shape {tuple(actual.shape)} != {tuple(expected.shape)}")
+    if expected.numel() == 0:
+        return 0.0
+    if not torch.equal(torch.isnan(actual), torch.isnan(expected)):
+        return float("inf")
+    diff = (actual - expected).nan_to_num(0.0).abs().max().item()
+    scale = expected.nan_to_num(0.0).abs().max().item()
+    return diff / max(scale, SCALE_FLOOR) if diff else 0.0
+
+
+def lockstep(make_a, make_b, shapes, dtype, steps, state_map, seed=0, on_step=None, resync=False):
+    """Step two optimizers on identical params and grads; return the worst relative error seen
+    over all steps, for params and each mapped state.
+
+    resync: after each comparison copy b's params and state into a, so every step starts from
+    identical values and the error is one step's rounding (for bf16/fp16, where a one-ulp
+    difference would otherwise compound)."""
+    params_a = make_params(shapes, dtype, seed)
+    params_b = make_params(shapes, dtype, seed)
+    opt_a, opt_b = make_a(params_a), make_b(params_b)
+    worst: dict[str, float] = {}
+    for step in range(1, steps + 1):
+        for pa, pb, g in zip(params_a, params_b, make_grads(params_a, step, seed)):
+            pa.grad, pb.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+        for i, (pa, pb) in enumerate(zip(params_a, params_b)):
+            worst["param"] = max(worst.get("param", 0.0), rel_error(pa, pb))
+            sa, sb = opt_a.state[pa], opt_b.state[pb]
+            for ours, theirs in state_map.items():
+                if theirs not in sb and ours not in sa:
+                    continue
+                if ours not in sa or theirs not in sb:
+                    raise AssertionError(f"step {step}, param {i}: state {ours!r}/{theirs!r} present on one side only")
+                worst[ours] = max(worst.get(ours, 0.0), rel_error(sa[ours], sb[theirs]))
+                if resync:
+                    sa[ours].copy_(sb[theirs])
+            if resync:
+                with torch.no_grad():
+                    pa.copy_(pb)
+        if on_step is not None:
+            on_step(step, opt_a, opt_b)
+    return worst
