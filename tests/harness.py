@@ -61,6 +61,8 @@ SCALE_FLOOR = 1e-2
 
 
 def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if actual.is_complex() or expected.is_complex():
+        actual, expected = torch.view_as_real(actual.detach()), torch.view_as_real(expected.detach())
     actual, expected = actual.detach().double(), expected.detach().double()
     if actual.shape != expected.shape:
         raise AssertionError(f"shape {tuple(actual.shape)} != {tuple(expected.shape)}")
