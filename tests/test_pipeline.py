@@ -59,3 +59,22 @@ def test_load_returns_the_optimizer_class():
     param.grad = torch.ones(3)
     opt.step()
     assert torch.allclose(param, torch.full((3,), 0.9))
+
+
+def test_generated_module_works_without_triton():
+    # A CPU-only user without triton installed still gets the reference implementation.
+    code = (
+        "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
+        "import torch\n"
+        "from generated.adam import Adam\n"
+        "p = torch.ones(3, requires_grad=True); opt = Adam([p], lr=0.1)\n"
+        "p.grad = torch.ones(3); opt.step(); print(p.tolist())\n"
+        "try:\n"
+        "    Adam([p], backend='triton').step()\n"
+        "except RuntimeError as exc:\n"
+        "    print('error:', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    values = eval(result.stdout.splitlines()[0])
+    assert values == pytest.approx([0.9] * 3, rel=1e-6)
+    assert "needs the triton package" in result.stdout
