@@ -57,6 +57,7 @@ class CheckedSpec:
     conditions: list[ast.Expr] = field(default_factory=list)  # every `if`/`elif` condition, in order
     uses_step: bool = False
     fresh_states: list[str] = field(default_factory=list)
+    counts_steps: bool = True  # False after `state step = none`: no state["step"] is kept
 
     @property
     def name(self) -> str:
@@ -76,6 +77,7 @@ class _Checker:
         self.conditions: list[ast.Expr] = []
         self.uses_step = False
         self.fresh_states: list[str] = []
+        self.counts_steps = True
 
     def error(self, message, pos, func: ast.FuncDef | None = None):
         if func is not None and func.path != self.spec.path:
@@ -104,6 +106,14 @@ class _Checker:
                 raise self.error(f"duplicate definition of {name!r} (already a {taken[name]})", pos, func)
             taken[name] = what
 
+        # `state step = none` opts out of the automatic state["step"] (torch.optim.SGD keeps no
+        # step count); it declares no tensor, and `step` is then unavailable in the update.
+        for state in [s for s in self.spec.states if s.name == "step"]:
+            if not (isinstance(state.init, ast.Name) and state.init.id == "none") or state.dtype or not self.counts_steps:
+                raise self.error("`step` is counted automatically; the only declaration of it is `state step = none` (keep no step count)", state.pos)
+            self.counts_steps = False
+            self.spec.states.remove(state)
+            self.states.pop("step", None)
         for hyper in self.spec.hypers:
             claim(hyper.name, "hyperparameter", hyper.pos)
             if hyper.components:
@@ -158,7 +168,8 @@ class _Checker:
         scope: dict[str, tuple] = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
         scope.update({n: (ELEMENT, NUM) for n in BUILTIN_TENSORS})
         scope.update({s: (ELEMENT, NUM) for s in self.states})
-        scope["step"] = (HOST, NUM)
+        if self.counts_steps:
+            scope["step"] = (HOST, NUM)
         self.locals_used: set[str] = set()
         self.local_defs: dict[str, ast.Assign] = {}
         body = self.block(self.spec.body, scope)
@@ -235,7 +246,9 @@ class _Checker:
         # A name is defined after the `if` only when every branch defines it.
         for name in set.intersection(*(set(s) for s in branch_scopes)):
             kinds = {s[name][0] for s in branch_scopes}
-            scope[name] = (ELEMENT if ELEMENT in kinds else HOST, NUM)
+            # Keep the name's type: flags (BOOL hyperparameters) stay conditions after an `if`;
+            # forcing NUM here broke `if flag` following any earlier `if`.
+            scope[name] = (ELEMENT if ELEMENT in kinds else HOST, branch_scopes[0][name][1])
         for name in set.union(*(set(s) for s in branch_scopes)) - set(scope):
             self.maybe_defined = getattr(self, "maybe_defined", set()) | {name}
         return ast.If(stmt.pos, branches, orelse)
@@ -310,6 +323,8 @@ class _Checker:
             raise self.error(f"{ident!r} is a function; call it as {ident}(...)", e.pos, func)
         if func is not None:
             raise self.error(f"undefined name {ident!r} in function {func.name} (functions see only their parameters)", e.pos, func)
+        if ident == "step" and not self.counts_steps:
+            raise self.error("this spec keeps no step count (`state step = none`), so `step` is not available", e.pos, func)
         if ident in self.states or ident in BUILTIN_TENSORS or ident == "step":
             raise self.error(f"{ident!r} is not available here", e.pos, func)
         raise self.error(f"undefined name {ident!r}", e.pos, func)
@@ -410,6 +425,7 @@ def check(spec: ast.Spec) -> CheckedSpec:
         checker.check_hypers()
         checker.check_states()
         body = checker.check_body()
-        return CheckedSpec(spec, body, checker.hyper_scalars, checker.conditions, checker.uses_step, checker.fresh_states)
+        return CheckedSpec(spec, body, checker.hyper_scalars, checker.conditions, checker.uses_step, checker.fresh_states,
+                           checker.counts_steps)
     except SpecError as exc:
         raise exc.located(spec.path, spec.source) from None

@@ -112,7 +112,10 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
             if isinstance(state.init, ast.Number) and state.init.value == 0:
                 init = f"torch.zeros_like(param, memory_format=torch.preserve_format{dtype_arg})"
             else:
-                init = f"torch.full_like(param, {value}, memory_format=torch.preserve_format{dtype_arg})"
+                # A complex parameter is updated as its real view, so both parts of each element
+                # start at the constant (as torch.optim.Adagrad's initial_accumulator_value does).
+                fill = value if dtype else f"complex({value}, {value}) if param.is_complex() else {value}"
+                init = f"torch.full_like(param, {fill}, memory_format=torch.preserve_format{dtype_arg})"
         init_inputs = [n for n in checked.hyper_scalars if re.search(rf"\b{n}\b", init)]
         states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=dtype))
 
@@ -150,6 +153,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         states=states,
         typed_states=[s for s in states if s["dtype"]],
         uses_step=True,
+        counts_steps=checked.counts_steps,
         fresh_states=checked.fresh_states,
         kernels=kernels,
         variant_rows=variant_rows,

@@ -56,19 +56,27 @@ def verify_file(path, steps: int = 5, seed: int = 0, out=sys.stdout) -> bool:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the module's kernels are decorated
+    from .codegen import snake_case
     from .compiler import compile_file, load_module
     from .interpret import evaluate_plan, interpret_step
 
     compiled = compile_file(path)
     module = load_module(path)
     optimizer_cls = getattr(module, compiled.checked.name)
-    prefix = f"_{compiled.module_name}"
+    # Generated names use the class name (AdamW -> _adam_w_...); the module is named after the file.
+    prefix = f"_{snake_case(compiled.checked.name)}"
     hyperparameters = getattr(module, f"{prefix}_hyperparameters")
     variant_of = getattr(module, f"{prefix}_variant")
     triton_ok = getattr(module, "triton", None) is not None
 
     rows: list[Row] = []
     for label, config in configurations(compiled.checked):
+        # A flag flip the spec's own constraints reject (SGD's nesterov needs momentum) is skipped.
+        try:
+            optimizer_cls([torch.zeros(1, requires_grad=True)], **config)
+        except ValueError as exc:
+            rows.append(Row(f"{label}: skipped, invalid ({exc})", {}, 0.0))
+            continue
         gen = torch.Generator().manual_seed(seed)
         base = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
         grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES] for _ in range(steps)]

@@ -51,7 +51,8 @@ def test_grad_none_skips_param_and_step_count(record):
         torch_opt.step()
         ours.step()
         _assert_same(torch_opt, pt, ours, po)
-    assert float(ours.state[po[1]]["step"]) == 3
+    if "step" in torch_opt.state[pt[1]]:  # torch.optim.SGD keeps no step count (key sets match above)
+        assert float(ours.state[po[1]]["step"]) == 3
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
