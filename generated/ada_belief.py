@@ -47,7 +47,6 @@ def _sqrt(x):
     return math.sqrt(x) if x >= 0 else math.nan
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 

@@ -43,7 +43,6 @@ def _pow(x, y):
     return math.nan if isinstance(result, complex) else result
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
@@ -97,7 +96,6 @@ def _atan2(y, x):
     result = tl.where(x < 0, shifted, base)
     on_axis = tl.where(y > 0, pi / 2, tl.where(y < 0, -pi / 2, tl.where(x < 0, tl.where(y < 0, -pi, pi), 0.0 * y)))
     return tl.where(x == 0, on_axis, result)
-
 
 
 # ---------------------------------------------------------------------------------------------

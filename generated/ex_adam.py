@@ -46,7 +46,6 @@ def _pow(x, y):
     return math.nan if isinstance(result, complex) else result
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 

@@ -55,7 +55,6 @@ def _pow(x, y):
     return math.nan if isinstance(result, complex) else result
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
@@ -95,7 +94,6 @@ def _home3_reference(param, grad, state, h):
 def _sign(x):
     # sign(0) = 0 and sign(nan) = nan, as torch.sign.
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, x * 0.0))
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ def _sign(x):
     return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, x * 0.0))
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Triton kernels: one program per BLOCK_SIZE elements, math in float32. Scalars that depend only
 # on hyperparameters and the step are computed once on the host by the launcher.

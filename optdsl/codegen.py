@@ -166,7 +166,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         triton_helpers=triton_helpers,
         host_helpers=host_helpers,
     )
-    return re.sub(r"\n{3,}(?=[^\n@d#c_])", "\n\n\n", text)
+    return re.sub(r"\n{4,}", "\n\n\n", text)  # at most two blank lines, as PEP 8
 
 
 def _tuple_literal(items, quote=True) -> str:
