@@ -11,8 +11,8 @@ from records import ALL_RECORDS
 SHAPES = ((33, 31), (1025,), (), (0, 3))
 STEPS = 4
 # Relative to each tensor's largest value. Low-precision runs restart every step from identical
-# values (resync), so these bound one step's rounding: about two units in the last place.
-TRITON_TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 8e-3, torch.float16: 1e-3}
+# values (resync), so these bound one step's rounding: two units in the last place (bf16 2^-7, fp16 2^-10).
+TRITON_TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}
 
 CASES = [
     pytest.param(record, config, id=f"{record.spec}-{i}")
