@@ -35,7 +35,7 @@ BLOCK_SIZE = 1024
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _adadelta_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One Adadelta step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -110,17 +110,17 @@ def _adadelta_launch(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _adadelta_variant(h):
+def _variant(h):
     return ()
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_ADADELTA_VARIANTS = {
+_VARIANTS = {
     (): (_adadelta_launch, ("square_avg", "acc_delta"), ("param", "square_avg", "acc_delta")),
 }
 
 
-def _adadelta_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "square_avg":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     if name == "acc_delta":
@@ -128,7 +128,7 @@ def _adadelta_init_state(name, param, h):
     raise KeyError(name)
 
 
-def _adadelta_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     return {
         "lr": _as_float(group["lr"]),
@@ -139,7 +139,7 @@ def _adadelta_hyperparameters(group):
     }
 
 
-def _adadelta_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     rho = _as_float(group["rho"], "rho")
@@ -220,14 +220,14 @@ class Adadelta(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
-        _adadelta_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _adadelta_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -249,7 +249,7 @@ class Adadelta(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _adadelta_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -262,10 +262,10 @@ class Adadelta(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _ADADELTA_VARIANTS[_adadelta_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _adadelta_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -273,7 +273,7 @@ class Adadelta(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _adadelta_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

@@ -45,7 +45,7 @@ def _sqrt(x):
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _adam_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One Adam step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -174,19 +174,19 @@ def _adam_launch_not_amsgrad(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _adam_variant(h):
+def _variant(h):
     amsgrad = h["amsgrad"]
     return (bool(amsgrad),)
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_ADAM_VARIANTS = {
+_VARIANTS = {
     (True,): (_adam_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
     (False,): (_adam_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
 }
 
 
-def _adam_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "exp_avg":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     if name == "exp_avg_sq":
@@ -196,7 +196,7 @@ def _adam_init_state(name, param, h):
     raise KeyError(name)
 
 
-def _adam_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     beta1, beta2 = group["betas"]
     return {
@@ -210,7 +210,7 @@ def _adam_hyperparameters(group):
     }
 
 
-def _adam_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     value = group["betas"]
@@ -297,14 +297,14 @@ class Adam(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
-        _adam_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _adam_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -327,7 +327,7 @@ class Adam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _adam_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -340,10 +340,10 @@ class Adam(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _ADAM_VARIANTS[_adam_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _adam_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -351,7 +351,7 @@ class Adam(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _adam_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

@@ -53,7 +53,7 @@ def _sqrt(x):
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _adan_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One Adan step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -197,19 +197,19 @@ def _adan_launch_not_fresh_previous_grad(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _adan_variant(h):
+def _variant(h):
     fresh_previous_grad = h["fresh_previous_grad"]
     return (bool(fresh_previous_grad),)
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_ADAN_VARIANTS = {
+_VARIANTS = {
     (True,): (_adan_launch_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad")),
     (False,): (_adan_launch_not_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad")),
 }
 
 
-def _adan_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "exp_avg":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     if name == "exp_avg_diff":
@@ -221,7 +221,7 @@ def _adan_init_state(name, param, h):
     raise KeyError(name)
 
 
-def _adan_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     beta1, beta2, beta3 = group["betas"]
     return {
@@ -234,7 +234,7 @@ def _adan_hyperparameters(group):
     }
 
 
-def _adan_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     value = group["betas"]
@@ -321,14 +321,14 @@ class Adan(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        _adan_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _adan_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -349,7 +349,7 @@ class Adan(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _adan_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -363,10 +363,10 @@ class Adan(torch.optim.Optimizer):
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
         h["fresh_previous_grad"] = "previous_grad" not in state
-        launch, touched, writes = _ADAN_VARIANTS[_adan_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _adan_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -374,7 +374,7 @@ class Adan(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _adan_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

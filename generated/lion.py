@@ -37,7 +37,7 @@ BLOCK_SIZE = 1024
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _lion_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One Lion step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -107,23 +107,23 @@ def _lion_launch(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _lion_variant(h):
+def _variant(h):
     return ()
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_LION_VARIANTS = {
+_VARIANTS = {
     (): (_lion_launch, ("exp_avg",), ("param", "exp_avg")),
 }
 
 
-def _lion_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "exp_avg":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     raise KeyError(name)
 
 
-def _lion_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     beta1, beta2 = group["betas"]
     return {
@@ -134,7 +134,7 @@ def _lion_hyperparameters(group):
     }
 
 
-def _lion_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     value = group["betas"]
@@ -211,14 +211,14 @@ class Lion(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay)
-        _lion_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _lion_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -238,7 +238,7 @@ class Lion(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _lion_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -251,10 +251,10 @@ class Lion(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _LION_VARIANTS[_lion_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _lion_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -262,7 +262,7 @@ class Lion(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _lion_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

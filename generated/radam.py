@@ -48,7 +48,7 @@ def _sqrt(x):
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _r_adam_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One RAdam step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -288,7 +288,7 @@ def _r_adam_launch_not_decoupled_weight_decay_not_rho_t_gt_5(param, grad, state,
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _r_adam_variant(h):
+def _variant(h):
     beta2 = h["beta2"]
     decoupled_weight_decay = h["decoupled_weight_decay"]
     step = h["step"]
@@ -296,7 +296,7 @@ def _r_adam_variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_R_ADAM_VARIANTS = {
+_VARIANTS = {
     (True, True): (_r_adam_launch_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
     (True, False): (_r_adam_launch_decoupled_weight_decay_not_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
     (False, True): (_r_adam_launch_not_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
@@ -304,7 +304,7 @@ _R_ADAM_VARIANTS = {
 }
 
 
-def _r_adam_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "exp_avg":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     if name == "exp_avg_sq":
@@ -312,7 +312,7 @@ def _r_adam_init_state(name, param, h):
     raise KeyError(name)
 
 
-def _r_adam_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     beta1, beta2 = group["betas"]
     return {
@@ -326,7 +326,7 @@ def _r_adam_hyperparameters(group):
     }
 
 
-def _r_adam_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     value = group["betas"]
@@ -416,14 +416,14 @@ class RAdam(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-        _r_adam_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _r_adam_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -446,7 +446,7 @@ class RAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _r_adam_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -459,10 +459,10 @@ class RAdam(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _R_ADAM_VARIANTS[_r_adam_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _r_adam_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -470,7 +470,7 @@ class RAdam(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _r_adam_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

@@ -36,7 +36,7 @@ BLOCK_SIZE = 1024
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _rm_sprop_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One RMSprop step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -242,14 +242,14 @@ def _rm_sprop_launch_not_centered_not_momentum_gt_0(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _rm_sprop_variant(h):
+def _variant(h):
     momentum = h["momentum"]
     centered = h["centered"]
     return (bool(centered), bool((momentum > 0)))
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_RM_SPROP_VARIANTS = {
+_VARIANTS = {
     (True, True): (_rm_sprop_launch_centered_momentum_gt_0, ("square_avg", "momentum_buffer", "grad_avg"), ("param", "square_avg", "momentum_buffer", "grad_avg")),
     (True, False): (_rm_sprop_launch_centered_not_momentum_gt_0, ("square_avg", "grad_avg"), ("param", "square_avg", "grad_avg")),
     (False, True): (_rm_sprop_launch_not_centered_momentum_gt_0, ("square_avg", "momentum_buffer"), ("param", "square_avg", "momentum_buffer")),
@@ -257,7 +257,7 @@ _RM_SPROP_VARIANTS = {
 }
 
 
-def _rm_sprop_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "square_avg":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     if name == "momentum_buffer":
@@ -267,7 +267,7 @@ def _rm_sprop_init_state(name, param, h):
     raise KeyError(name)
 
 
-def _rm_sprop_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     return {
         "lr": _as_float(group["lr"]),
@@ -280,7 +280,7 @@ def _rm_sprop_hyperparameters(group):
     }
 
 
-def _rm_sprop_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     alpha = _as_float(group["alpha"], "alpha")
@@ -371,14 +371,14 @@ class RMSprop(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize)
-        _rm_sprop_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _rm_sprop_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -402,7 +402,7 @@ class RMSprop(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _rm_sprop_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -415,10 +415,10 @@ class RMSprop(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _RM_SPROP_VARIANTS[_rm_sprop_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _rm_sprop_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -426,7 +426,7 @@ class RMSprop(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _rm_sprop_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

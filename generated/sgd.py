@@ -36,7 +36,7 @@ BLOCK_SIZE = 1024
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _sgd_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One SGD step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -242,7 +242,7 @@ def _sgd_launch_not_momentum_ne_0(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _sgd_variant(h):
+def _variant(h):
     momentum = h["momentum"]
     nesterov = h["nesterov"]
     fresh_momentum_buffer = h["fresh_momentum_buffer"]
@@ -250,7 +250,7 @@ def _sgd_variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_SGD_VARIANTS = {
+_VARIANTS = {
     (True, True, True): (_sgd_launch_momentum_ne_0_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer")),
     (True, True, False): (_sgd_launch_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer")),
     (True, False, True): (_sgd_launch_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer")),
@@ -262,13 +262,13 @@ _SGD_VARIANTS = {
 }
 
 
-def _sgd_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "momentum_buffer":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     raise KeyError(name)
 
 
-def _sgd_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     return {
         "lr": _as_float(group["lr"]),
@@ -280,7 +280,7 @@ def _sgd_hyperparameters(group):
     }
 
 
-def _sgd_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     momentum = _as_float(group["momentum"], "momentum")
@@ -367,14 +367,14 @@ class SGD(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
-        _sgd_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _sgd_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -397,7 +397,7 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _sgd_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -408,10 +408,10 @@ class SGD(torch.optim.Optimizer):
             raise RuntimeError("SGD does not support sparse gradients")
         h = dict(hyperparameters)  # the spec keeps no step count (`state step = none`)
         h["fresh_momentum_buffer"] = "momentum_buffer" not in state
-        launch, touched, writes = _SGD_VARIANTS[_sgd_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _sgd_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -419,7 +419,7 @@ class SGD(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _sgd_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

@@ -37,7 +37,7 @@ BLOCK_SIZE = 1024
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _sign_sgd_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One SignSGD step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -94,21 +94,21 @@ def _sign_sgd_launch(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _sign_sgd_variant(h):
+def _variant(h):
     return ()
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_SIGN_SGD_VARIANTS = {
+_VARIANTS = {
     (): (_sign_sgd_launch, (), ("param",)),
 }
 
 
-def _sign_sgd_init_state(name, param, h):
+def _init_state(name, param, h):
     raise KeyError(name)
 
 
-def _sign_sgd_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     return {
         "lr": _as_float(group["lr"]),
@@ -116,7 +116,7 @@ def _sign_sgd_hyperparameters(group):
     }
 
 
-def _sign_sgd_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     weight_decay = _as_float(group["weight_decay"], "weight_decay")
@@ -185,14 +185,14 @@ class SignSGD(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, weight_decay=weight_decay)
-        _sign_sgd_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _sign_sgd_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -211,7 +211,7 @@ class SignSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _sign_sgd_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -224,10 +224,10 @@ class SignSGD(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _SIGN_SGD_VARIANTS[_sign_sgd_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _sign_sgd_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -235,7 +235,7 @@ class SignSGD(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _sign_sgd_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

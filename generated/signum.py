@@ -36,7 +36,7 @@ BLOCK_SIZE = 1024
 # Reference implementation: the update as written in the spec, in plain PyTorch.
 
 
-def _signum_reference(param, grad, state, h):
+def _reference(param, grad, state, h):
     """One Signum step for one tensor; returns the new values of everything the rule assigns.
 
     `param`, `grad` and the tensors in `state` arrive in the compute dtype (float32, or float64
@@ -101,23 +101,23 @@ def _signum_launch(param, grad, state, h):
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
 
-def _signum_variant(h):
+def _variant(h):
     return ()
 
 
 # variant -> (launcher, states it touches, tensors it writes)
-_SIGNUM_VARIANTS = {
+_VARIANTS = {
     (): (_signum_launch, ("momentum_buffer",), ("param", "momentum_buffer")),
 }
 
 
-def _signum_init_state(name, param, h):
+def _init_state(name, param, h):
     if name == "momentum_buffer":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     raise KeyError(name)
 
 
-def _signum_hyperparameters(group):
+def _hyperparameters(group):
     """The scalars the rule reads, from one param group (tuples destructured, tensors read)."""
     return {
         "lr": _as_float(group["lr"]),
@@ -126,7 +126,7 @@ def _signum_hyperparameters(group):
     }
 
 
-def _signum_validate(group):
+def _validate(group):
     """Raise ValueError naming the first invalid hyperparameter of a param group."""
     lr = _as_float(group["lr"], "lr")
     momentum = _as_float(group["momentum"], "momentum")
@@ -199,14 +199,14 @@ class Signum(torch.optim.Optimizer):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
-        _signum_validate(defaults)
+        _validate(defaults)
         self.backend = backend
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         try:
-            _signum_validate(self.param_groups[-1])
+            _validate(self.param_groups[-1])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -226,7 +226,7 @@ class Signum(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            hyperparameters = _signum_hyperparameters(group)
+            hyperparameters = _hyperparameters(group)
             for param in group["params"]:
                 if param.grad is not None:
                     self._update(param, param.grad, self.state[param], hyperparameters)
@@ -239,10 +239,10 @@ class Signum(torch.optim.Optimizer):
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _SIGNUM_VARIANTS[_signum_variant(h)]
+        launch, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _signum_init_state(name, param, h)
+                state[name] = _init_state(name, param, h)
         param, grad = _real(param), _real(grad)
         tensors = {name: _real(state[name]) for name in touched}
         if _use_triton(param, self.backend):
@@ -250,7 +250,7 @@ class Signum(torch.optim.Optimizer):
         else:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _signum_reference(param.to(compute), grad.to(compute), inputs, h)
+            result = _reference(param.to(compute), grad.to(compute), inputs, h)
             targets = dict(tensors, param=param)
             for name in writes:
                 targets[name].copy_(result[name])

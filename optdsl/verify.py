@@ -56,17 +56,14 @@ def verify_file(path, steps: int = 5, seed: int = 0, out=sys.stdout) -> bool:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the module's kernels are decorated
-    from .codegen import snake_case
     from .compiler import compile_file, load_module
     from .interpret import evaluate_plan, interpret_step
 
     compiled = compile_file(path)
     module = load_module(path)
     optimizer_cls = getattr(module, compiled.checked.name)
-    # Generated names use the class name (AdamW -> _adam_w_...); the module is named after the file.
-    prefix = f"_{snake_case(compiled.checked.name)}"
-    hyperparameters = getattr(module, f"{prefix}_hyperparameters")
-    variant_of = getattr(module, f"{prefix}_variant")
+    hyperparameters = module._hyperparameters
+    variant_of = module._variant
     triton_ok = getattr(module, "triton", None) is not None
 
     rows: list[Row] = []
@@ -116,8 +113,8 @@ def verify_file(path, steps: int = 5, seed: int = 0, out=sys.stdout) -> bool:
                 for name in compiled.checked.fresh_states:
                     h[f"fresh_{name}"] = name not in state
                 key = variant_of(h)
-                _, touched, _ = getattr(module, f"{prefix.upper()}_VARIANTS")[key]
-                init = getattr(module, f"{prefix}_init_state")
+                _, touched, _ = module._VARIANTS[key]
+                init = module._init_state
                 tensors = {n: (state[n] if n in state else init(n, p, h)).double() for n in touched}
                 expected = interpret_step(compiled.checked, p.detach(), p.grad, tensors, h)
                 actual = evaluate_plan(compiled.plan, key, p.detach(), p.grad, tensors, h)
