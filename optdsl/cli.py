@@ -61,7 +61,7 @@ def _verify(args) -> int:
     status = 0
     for spec in args.specs:
         try:
-            ok = verify_file(spec, steps=args.steps, seed=args.seed, out=sys.stdout)
+            ok = verify_file(spec, steps=args.steps, seed=args.seed, out=sys.stdout, quick=args.quick)
         except SpecError as exc:
             print(exc.format(), file=sys.stderr)
             ok = False
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("specs", nargs="+")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a smaller matrix (CI)")
     p.set_defaults(run=_verify)
 
     args = parser.parse_args(argv)
