@@ -45,10 +45,6 @@ def _python_string(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
 
 
-def _comment(text: str) -> str:
-    return " ".join(text.split())
-
-
 def render(plan: Plan, spec_text: str, spec_path: str) -> str:
     checked: CheckedSpec = plan.lowered.checked
     spec = checked.spec
@@ -134,25 +130,22 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         autoescape=False,
     )
     env.filters["pystr"] = _python_string
-    env.filters["comment"] = _comment
     env.filters["tuple_literal"] = _tuple_literal
+    env.filters["fstring_text"] = lambda text: text.replace("{", "{{").replace("}", "}}")
     env.filters["add_suffix"] = lambda text, suffix: f"{text}{suffix}"
     env.filters["tensor_arg"] = lambda t: t if t in ("param", "grad") else f'state["{t}"]'
     env.filters["as_bool"] = lambda c: c if c in ("True", "False") else f"bool({c})"
     template = env.get_template("module.py.j2")
     text = template.render(
         version=__version__,
-        spec=spec,
         spec_path=spec_path,
         spec_hash=hashlib.sha256(spec_text.encode()).hexdigest(),
         name=spec.name,
         prefix=prefix,
         doc=spec.doc,
         hypers=hypers,
-        hyper_scalars=checked.hyper_scalars,
         states=states,
         typed_states=[s for s in states if s["dtype"]],
-        uses_step=True,
         counts_steps=checked.counts_steps,
         fresh_states=checked.fresh_states,
         kernels=kernels,
