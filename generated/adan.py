@@ -36,6 +36,7 @@ def _jit(fn):
 
 
 BLOCK_SIZE = 1024
+CPU_CHUNK = 1 << 16  # elements per reference call on large tensors
 
 # IEEE-style host math: inf/nan where `math` would raise, as the kernels and torch behave.
 def _pow(x, y):
@@ -279,6 +280,19 @@ def _use_triton(param, backend):
     return triton is not None and param.is_cuda and param.dtype in (torch.float32, torch.float16, torch.bfloat16)
 
 
+def _reference_into(targets, grad, writes, h, compute):
+    """Run the reference on `targets` (param and states) and write back what the rule assigns."""
+    inputs = {name: t.to(compute) for name, t in targets.items() if name != "param"}
+    result = _reference(targets["param"].to(compute), grad.to(compute), inputs, h)
+    aliases = {id(t) for t in inputs.values()}
+    for name in writes:
+        value = result[name]
+        # A rule may return an input unchanged (`v = exp_avg_sq`); copy it before it is overwritten.
+        if id(value) in aliases and value is not inputs.get(name):
+            value = value.clone()
+        targets[name].copy_(value)
+
+
 def _real(tensor):
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
 
@@ -372,12 +386,23 @@ class Adan(torch.optim.Optimizer):
         if _use_triton(param, self.backend):
             self._update_triton(launch, param, grad, tensors, writes, h)
         else:
-            compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {name: t.to(compute) for name, t in tensors.items()}
-            result = _reference(param.to(compute), grad.to(compute), inputs, h)
-            targets = dict(tensors, param=param)
-            for name in writes:
-                targets[name].copy_(result[name])
+            self._update_reference(param, grad, tensors, writes, h)
+
+    @staticmethod
+    def _update_reference(param, grad, tensors, writes, h):
+        compute = torch.float64 if param.dtype == torch.float64 else torch.float32
+        targets = dict(tensors, param=param)
+        dense = [param, grad, *tensors.values()]
+        if param.numel() <= CPU_CHUNK or not all(t.is_contiguous() for t in dense):
+            _reference_into(targets, grad, writes, h, compute)
+            return
+        # The rule is elementwise, so it can run chunk by chunk: temporaries stay small and in
+        # cache instead of allocating (and page-faulting) whole-tensor buffers for every op.
+        flat = {name: t.view(-1) for name, t in targets.items()}
+        flat_grad = grad.view(-1)
+        for start in range(0, param.numel(), CPU_CHUNK):
+            chunk = slice(start, start + CPU_CHUNK)
+            _reference_into({name: t[chunk] for name, t in flat.items()}, flat_grad[chunk], writes, h, compute)
 
     @staticmethod
     def _update_triton(launch, param, grad, tensors, writes, h):

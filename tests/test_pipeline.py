@@ -79,3 +79,36 @@ def test_generated_module_works_without_triton():
     values = eval(result.stdout.splitlines()[0])
     assert values == pytest.approx([0.9] * 3, rel=1e-6)
     assert "needs the triton package" in result.stdout
+
+
+SWAP_SPEC = """
+optimizer Swap \"\"\"Two states that trade values every step (checks write-back order and aliasing).\"\"\"
+hyper lr = 0.1
+state a = 1
+state b = 2
+update {
+    old_a = a
+    a = b
+    b = old_a + grad
+    param = param - lr * (a + b)
+}
+"""
+
+
+@pytest.mark.parametrize("numel", [5, 70_000])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_states_that_alias_each_other_are_written_back_correctly(tmp_path, numel, backend):
+    spec = tmp_path / "swap.opt"
+    spec.write_text(SWAP_SPEC)
+    cls = optdsl.load(spec)
+    param = torch.zeros(numel, requires_grad=True)
+    opt = cls([param], backend=backend)
+    a, b, p = torch.ones(numel), torch.full((numel,), 2.0), torch.zeros(numel)
+    for step in range(3):
+        grad = torch.full((numel,), float(step + 1))
+        param.grad = grad
+        opt.step()
+        a, b = b, a + grad
+        p = p - 0.1 * (a + b)
+        assert torch.equal(opt.state[param]["a"], a) and torch.equal(opt.state[param]["b"], b)
+        assert torch.allclose(param.detach(), p)

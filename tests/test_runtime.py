@@ -201,3 +201,17 @@ def test_api_contract(record):
     # deepcopy and repr
     clone = copy.deepcopy(opt)
     assert repr(clone).startswith(cls.__name__)
+
+
+@pytest.mark.parametrize("record", MIRRORS)
+def test_large_tensors_use_the_chunked_reference_path(record):
+    # Above CPU_CHUNK elements the reference runs chunk by chunk; it must equal torch.optim.
+    module = __import__(f"generated.{record.spec}", fromlist=["CPU_CHUNK"])
+    shapes = ((3, module.CPU_CHUNK // 2 + 7), (module.CPU_CHUNK + 1,))
+    torch_opt, pt, ours, po = _pair(record, shapes=shapes)
+    for step in range(1, 4):
+        for a, b, g in zip(pt, po, make_grads(pt, step)):
+            a.grad, b.grad = g.clone(), g.clone()
+        torch_opt.step()
+        ours.step()
+        _assert_same(torch_opt, pt, ours, po)
