@@ -225,8 +225,14 @@ class Signum(torch.optim.Optimizer):
             self.param_groups.pop()
             raise
 
+    def __getstate__(self):
+        # torch.optim.Optimizer pickles only defaults/state/param_groups; deepcopy and pickle
+        # must keep the backend too.
+        return dict(super().__getstate__(), backend=self.backend)
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("momentum", self.defaults["momentum"])
