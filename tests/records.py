@@ -20,6 +20,7 @@ TORCH_RECORDS = [
             {},
             {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1},
             {"amsgrad": True, "maximize": True, "weight_decay": 0.05},
+            {"decoupled_weight_decay": True, "weight_decay": 0.1, "lr": 0.01},
         ],
     ),
 ]
