@@ -174,27 +174,13 @@ def plan_variant(lowered: LoweredSpec, variant: Variant) -> KernelPlan:
 
     # Host side: hoisted scalars, named after the spec where the spec named them.
     hoisted = {sym: expr for expr, sym in hoist.defs.items()}
-    used_hoisted = set().union(*(e.free_symbols for e in outputs.values())) & set(hoisted)
-    host_exprs = {sym: hoisted[sym] for sym in sorted(used_hoisted, key=lambda s: int(s.name[8:]))}
-    rename: dict = {}
-    named_host = {}
-    for sym, expr in list(host_exprs.items()):
-        match = next((n for n, v in host_locals if v == expr), None)
-        if match is not None and match not in named_host:
-            named_host[match] = sym
-    host_final_names = {}
-    for sym in host_exprs:
-        label = next((n for n, s in named_host.items() if s == sym), None)
-        host_final_names[sym] = sympy.Symbol(names.fresh(label or "c"), real=True) if label else None
-    counter = 0
-    for sym in host_exprs:
-        if host_final_names[sym] is None:
-            host_final_names[sym] = sympy.Symbol(names.fresh(f"c{counter}"), real=True)
-            counter += 1
-    host_exprs = {host_final_names[s]: e for s, e in host_exprs.items()}
-    outputs = {k: v.xreplace(host_final_names) for k, v in outputs.items()}
-    element_locals = [(n, v.xreplace(host_final_names)) for n, v in element_locals]
-    intermediate = _extract_named(host_exprs, [(n, v) for n, v in host_locals if n not in named_host], names, rename)
+    used = set().union(*(e.free_symbols for e in outputs.values())) & set(hoisted)
+    host_exprs = {sym: hoisted[sym] for sym in sorted(used, key=lambda s: int(s.name[len("_hoisted"):]))}
+    renames, named = _name_hoisted(host_exprs, host_locals, names)
+    host_exprs = {renames[s]: e for s, e in host_exprs.items()}
+    outputs = {k: v.xreplace(renames) for k, v in outputs.items()}
+    element_locals = [(n, v.xreplace(renames)) for n, v in element_locals]
+    intermediate = _extract_named(host_exprs, [(n, v) for n, v in host_locals if n not in named], names, {})
     host_defs, host_exprs = _cse(intermediate, host_exprs, names, "h")
     host_defs = host_defs + list(host_exprs.items())
 
@@ -212,6 +198,25 @@ def plan_variant(lowered: LoweredSpec, variant: Variant) -> KernelPlan:
         {s.name for _, e in host_defs for s in e.free_symbols} & host_names, key=_arg_order(checked, [])
     )
     return KernelPlan("", [variant.key], loads, list(outputs), host_defs, host_inputs, scalar_args, body, outputs)
+
+
+def _name_hoisted(host_exprs, host_locals, names: _Names):
+    """Rename hoisted scalars: the spec's name for the same value where there is one (each name
+    used once), else c0, c1, ... Returns the renaming and the spec names used."""
+    spec_names: dict = {}
+    for name, value in host_locals:
+        spec_names.setdefault(value, name)
+    renames, used = {}, set()
+    unnamed = 0
+    for symbol, expr in host_exprs.items():
+        label = spec_names.get(expr)
+        if label is not None and label not in used:
+            used.add(label)
+            renames[symbol] = sympy.Symbol(names.fresh(label), real=True)
+        else:
+            renames[symbol] = sympy.Symbol(names.fresh(f"c{unnamed}"), real=True)
+            unnamed += 1
+    return renames, used
 
 
 def _arg_order(checked, host_defs):
