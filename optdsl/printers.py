@@ -144,8 +144,10 @@ class TritonPrinter(_Common):
         if exp.is_Integer and 2 <= int(exp) <= 8:
             return self._integer_power(base, int(exp))
         if exp.is_Integer and -8 <= int(exp) <= -1:
-            power = self._integer_power(base, -int(exp)) if int(exp) < -1 else self._print(base)
-            return f"1.0 / ({power})" if int(exp) < -1 else f"1.0 / {self.parenthesize(base, 1000)}"
+            # Print the base once: printing it twice per level is exponential in the nesting depth.
+            if int(exp) == -1:
+                return f"1.0 / {self.parenthesize(base, 1000)}"
+            return f"1.0 / ({self._integer_power(base, -int(exp))})"
         return f"tl.exp({self._print(exp)} * tl.log({self._print(base)}))"
 
     def _print_Function(self, expr):
@@ -328,11 +330,12 @@ class ReferencePrinter:
                 return f"{self._wrap(self._expr(e.left), prec)} {e.op} {self._wrap(self._expr(e.right), prec + 1)}", prec
             if e.op == "^":
                 prec = _PRECEDENCE["^"]
-                base = self._wrap(self._expr(e.left), prec + 1)
-                exponent = self._wrap(self._expr(e.right), prec)
+                # Print each operand once (twice per level is exponential in the nesting depth).
                 if e.kind == HOST and not (isinstance(e.right, ast.Number) and e.right.value.is_integer()):
                     self.helpers.add("_pow")
                     return f"_pow({self.expr(e.left)}, {self.expr(e.right)})", _PRECEDENCE["atom"]
+                base = self._wrap(self._expr(e.left), prec + 1)
+                exponent = self._wrap(self._expr(e.right), prec)
                 return f"{base} ** {exponent}", prec
             prec = _PRECEDENCE[e.op]
             left = self._wrap(self._expr(e.left), prec)
