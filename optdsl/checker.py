@@ -9,10 +9,12 @@ from __future__ import annotations
 import copy
 import keyword
 from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 from . import ast
 from .ast import ELEMENT, HOST
 from .errors import SpecError
+from .parser import MAX_EXPR_DEPTH, _expr_children
 
 NUM, BOOL = "num", "bool"
 
@@ -42,11 +44,32 @@ READ_ONLY_REASONS = {
     "step": "`step` is the optimizer's step count and is read-only",
 }
 DTYPES = ("float16", "bfloat16", "float32", "float64")
-# Names the generated module (Python, torch, Triton) uses itself.
-RESERVED_NAMES = frozenset(keyword.kwlist) | {
-    "math", "torch", "triton", "tl", "self", "state", "group", "h", "True", "False", "None",
+# The language's own keywords, and names the generated module (Python, torch, Triton) uses itself.
+LANGUAGE_KEYWORDS = frozenset({
+    "optimizer", "import", "hyper", "state", "def", "update", "if", "elif", "else", "as", "where",
+    "and", "or", "not", "true", "false", "none",
+})
+RESERVED_NAMES = frozenset(keyword.kwlist) | LANGUAGE_KEYWORDS | {
+    "math", "os", "torch", "triton", "tl", "self", "state", "group", "h", "True", "False", "None",
     "offsets", "mask", "n_elements", "BLOCK_SIZE", "compute_dtype",
 }
+
+# After user functions are inlined and earlier assignments substituted (as the IR does), one
+# value may have at most this many nodes, and the update, over all kernel variants (2 per `if`
+# condition), at most MAX_UPDATE_NODES: SymPy and the planner walk these trees without sharing.
+MAX_VALUE_NODES = 20_000
+MAX_UPDATE_NODES = 100_000
+# Nested checker calls (an expression level, or a call being inlined) before giving up, which
+# keeps the checker itself far from Python's recursion limit.
+MAX_CHECK_NESTING = MAX_EXPR_DEPTH + 20
+
+
+class _TooLarge(Exception):
+    """An expression outgrew the limits above (reported at the expression being checked)."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
 
 
 @dataclass
@@ -78,6 +101,9 @@ class _Checker:
         self.uses_step = False
         self.fresh_states: list[str] = []
         self.counts_steps = True
+        self.nesting = 0  # checker calls now active (see MAX_CHECK_NESTING)
+        self.shapes: dict = {}  # checked node -> its _Shape
+        self.expanded: dict[str, _Shape] = {}  # assigned name -> shape of its current value
 
     def error(self, message, pos, func: ast.FuncDef | None = None):
         if func is not None and func.path != self.spec.path:
@@ -87,10 +113,17 @@ class _Checker:
     # -- declarations -----------------------------------------------------------------------
     def declare(self):
         def reserved(name, pos, func=None):
-            if name in RESERVED_NAMES or name.startswith("_") or name.endswith("_ptr"):
-                raise self.error(f"{name!r} is reserved (Python keywords, generated-code names, leading '_', '_ptr' suffix)", pos, func)
+            if name in LANGUAGE_KEYWORDS:
+                raise self.error(f"{name!r} is a keyword of the language and cannot be used as a name", pos, func)
+            if name in keyword.kwlist or name in ("True", "False", "None"):
+                raise self.error(f"{name!r} is reserved: it is a Python keyword", pos, func)
+            if name.startswith("_") or name.endswith("_ptr"):
+                raise self.error(f"{name!r} is reserved: names starting with '_' or ending in '_ptr' belong to the generated code", pos, func)
+            if name in RESERVED_NAMES:
+                raise self.error(f"{name!r} is reserved: the generated code uses this name itself", pos, func)
 
         self.reserved = reserved
+        reserved(self.spec.name, self.spec.name_pos)
         for func in self.spec.funcs:
             for p in func.params:
                 reserved(p, func.pos, func)
@@ -131,16 +164,49 @@ class _Checker:
             self.funcs[func.name] = func
 
     def check_functions(self):
+        self.check_recursion()
         for func in self.spec.funcs:
             scope = {p: (None, NUM) for p in func.params}
-            self.expr(func.body, scope, func=func, stack=[func.name])
+            self.top(func.body, scope, func=func, stack=[func.name])
+
+    def check_recursion(self):
+        """Reject functions that call themselves, directly or through others (they cannot be inlined)."""
+        calls = {}
+        for func in self.spec.funcs:
+            found, stack = [], [func.body]
+            while stack:
+                e = stack.pop()
+                if isinstance(e, ast.Call) and e.func in self.funcs:
+                    found.append(e)
+                stack.extend(_expr_children(e))
+            calls[func.name] = sorted(found, key=lambda c: (c.pos.line, c.pos.column))
+        done: set[str] = set()
+        for root in self.spec.funcs:
+            if root.name in done:
+                continue
+            path = [root.name]
+            iters = [iter(calls[root.name])]
+            while iters:
+                call = next(iters[-1], None)
+                if call is None:
+                    done.add(path.pop())
+                    iters.pop()
+                    continue
+                if call.func in path:
+                    cycle = path[path.index(call.func):] + [call.func]
+                    caller = self.funcs[path[-1]]
+                    how = "itself" if len(cycle) == 2 else "itself through " + " -> ".join(cycle)
+                    raise self.error(f"function {cycle[0]} calls {how} (recursion is not supported)", call.pos, caller)
+                if call.func not in done:
+                    path.append(call.func)
+                    iters.append(iter(calls[call.func]))
 
     def check_hypers(self):
         for hyper in self.spec.hypers:
             if hyper.constraint is None:
                 continue
             scope = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
-            checked = self.expr(hyper.constraint, scope, allow_step=False)
+            checked = self.top(hyper.constraint, scope, allow_step=False)
             if checked.type != BOOL:
                 raise self.error(f"the constraint on {hyper.name} must be a condition, e.g. `{hyper.name} >= 0`", hyper.constraint.pos)
             hyper.constraint = checked
@@ -154,12 +220,12 @@ class _Checker:
                 continue
             scope = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
             try:
-                state.init = self.expr(state.init, scope, allow_step=False)
+                state.init = self.top(state.init, scope, allow_step=False)
             except SpecError as exc:
-                raise SpecError(
-                    f"{exc.message}; a state starts as `param` or as a constant built from hyperparameters",
-                    exc.position,
-                ) from None
+                hint = "a state starts as `param` or as a constant built from hyperparameters"
+                if isinstance(state.init, ast.Name) and state.init.id == "none":
+                    hint = "only `state step = none` may use `none`"
+                raise SpecError(f"{exc.message}; {hint}", exc.position, exc.path, exc.source) from None
             if state.init.type != NUM:
                 raise self.error(f"state {state.name} must start as a number, not a condition", state.init.pos)
 
@@ -181,6 +247,16 @@ class _Checker:
             )
         if not any(self._assigns(body, "param")):
             raise self.error("the update never assigns `param`", self.spec.body_pos)
+        outputs = ["param"] + [s for s in self.states if any(self._assigns(body, s))]
+        variants = 2 ** len(self.conditions)
+        total = variants * sum(self.expanded.get(name, _LEAF).nodes for name in outputs)
+        if total > MAX_UPDATE_NODES:
+            raise self.error(
+                f"the update is too large to compile: {total} expression nodes over {variants} kernel "
+                f"variant{'s' if variants > 1 else ''} once functions are inlined and assignments "
+                f"substituted (at most {MAX_UPDATE_NODES}); use fewer `if`s or a smaller rule",
+                self.spec.body_pos,
+            )
         return body
 
     def _assigns(self, body, target):
@@ -212,7 +288,7 @@ class _Checker:
         if target in CONSTANTS:
             raise self.error(f"cannot assign to the constant {target!r}", stmt.pos)
         self.reserved(target, stmt.pos)
-        value = self.expr(stmt.value, scope)
+        value = self.top(stmt.value, scope)
         if value.type != NUM:
             raise self.error(f"{target} must be a number; this is a condition (use where(c, a, b))", stmt.value.pos)
         kind = value.kind
@@ -221,13 +297,16 @@ class _Checker:
         elif target not in self.local_defs:
             self.local_defs[target] = stmt
         scope[target] = (kind, NUM)
+        self.expanded[target] = self.shapes.get(value, _LEAF)._replace(depth=1)
         return ast.Assign(stmt.pos, target, value)
 
     def if_stmt(self, stmt: ast.If, scope):
         branches = []
         branch_scopes = []
+        before = dict(self.expanded)
+        expanded = dict(self.expanded)
         for cond, body in stmt.branches:
-            checked = self.expr(cond, scope)
+            checked = self.top(cond, scope)
             if checked.type != BOOL:
                 raise self.error("an `if` needs a condition (a comparison, a flag, and/or/not)", cond.pos)
             if checked.kind != HOST:
@@ -237,12 +316,23 @@ class _Checker:
                     cond.pos,
                 )
             self.conditions.append(checked)
+            from .ir import MAX_CONDITIONS  # here: ir imports this module
+
+            if len(self.conditions) > MAX_CONDITIONS:
+                raise self.error(
+                    f"too many `if` conditions (more than {MAX_CONDITIONS}): each doubles the kernel variants",
+                    cond.pos,
+                )
             inner = dict(scope)
+            self.expanded = dict(before)
             branches.append((checked, self.block(body, inner)))
             branch_scopes.append(inner)
+            expanded = _merge_shapes(expanded, self.expanded)
         inner = dict(scope)
+        self.expanded = dict(before)
         orelse = self.block(stmt.orelse, inner)
         branch_scopes.append(inner)
+        self.expanded = _merge_shapes(expanded, self.expanded)
         # A name is defined after the `if` only when every branch defines it.
         for name in set.intersection(*(set(s) for s in branch_scopes)):
             kinds = {s[name][0] for s in branch_scopes}
@@ -254,10 +344,48 @@ class _Checker:
         return ast.If(stmt.pos, branches, orelse)
 
     # -- expressions ------------------------------------------------------------------------
+    def top(self, e: ast.Expr, scope, func: ast.FuncDef | None = None, stack=(), allow_step=True) -> ast.Expr:
+        """Check one whole expression (a value, condition, constraint, init or function body)."""
+        try:
+            return self.expr(e, scope, func, stack, allow_step)
+        except _TooLarge as exc:
+            raise self.error(exc.what, e.pos, func) from None
+
     def expr(self, e: ast.Expr, scope, func: ast.FuncDef | None = None, stack=(), allow_step=True) -> ast.Expr:
         """Return a checked copy of `e` with user functions inlined and kind/type set."""
         if isinstance(e, _Bound):
             return e.expr
+        self.nesting += 1
+        try:
+            if self.nesting > MAX_CHECK_NESTING:
+                raise _TooLarge(
+                    f"expression is nested too deeply once functions are inlined (more than {MAX_CHECK_NESTING} levels)"
+                )
+            out = self._expr(e, scope, func, stack, allow_step)
+        finally:
+            self.nesting -= 1
+        if out not in self.shapes:
+            shape = _shape(out, [self.shapes.get(c, _LEAF) for c in _expr_children(out)])
+            if shape.depth > MAX_EXPR_DEPTH:
+                raise _TooLarge(
+                    f"expression is nested too deeply once functions are inlined ({shape.depth} levels; "
+                    f"at most {MAX_EXPR_DEPTH})"
+                )
+            if shape.expanded_depth > MAX_EXPR_DEPTH:
+                raise _TooLarge(
+                    f"value is nested too deeply once earlier assignments are substituted into it "
+                    f"({shape.expanded_depth} levels; at most {MAX_EXPR_DEPTH}): the compiler builds each "
+                    "new value of `param` and of the states as one expression"
+                )
+            if shape.nodes > MAX_VALUE_NODES:
+                raise _TooLarge(
+                    f"value is too large once functions are inlined and earlier assignments substituted "
+                    f"into it ({shape.nodes} nodes; at most {MAX_VALUE_NODES})"
+                )
+            self.shapes[out] = shape
+        return out
+
+    def _expr(self, e: ast.Expr, scope, func, stack, allow_step) -> ast.Expr:
         if isinstance(e, ast.Number):
             out = ast.Number(e.pos, e.value, e.text)
             out.kind, out.type = HOST, NUM
@@ -316,6 +444,8 @@ class _Checker:
             if hasattr(self, "locals_used"):
                 self.locals_used.add(ident)
             out.kind, out.type = kind, typ
+            if ident in self.expanded:
+                self.shapes[out] = self.expanded[ident]  # the IR substitutes the assigned value here
             return out
         if ident in getattr(self, "maybe_defined", set()):
             raise self.error(f"{ident!r} is not assigned on every path through the `if` above", e.pos, func)
@@ -399,6 +529,55 @@ class _Bound(ast.Expr):
     def __init__(self, expr: ast.Expr):
         super().__init__(expr.pos)
         self.expr = expr
+
+
+class _Shape(NamedTuple):
+    """Size of a checked expression, as the later stages see it.
+
+    `depth`: levels of the checked tree itself (walked recursively by the IR and the reference
+    printer). `nodes` and `expanded_depth`: the tree with earlier assignments substituted for the
+    names that hold them, which is what SymPy builds; chains of + and -, of * and /, and of
+    `and` / `or` count as one level there, since SymPy flattens them.
+    """
+
+    nodes: int
+    depth: int
+    expanded_depth: int
+    chain: Optional[str]  # "+", "*", "and", "or": the flattened operator at the root, if any
+
+
+_LEAF = _Shape(1, 1, 1, None)
+_CHAINS = {"+": "+", "-": "+", "*": "*", "/": "*", "and": "and", "or": "or"}
+
+
+def _shape(node, children: list) -> _Shape:
+    chain = _CHAINS.get(node.op) if isinstance(node, ast.Binary) else None
+    levels = []
+    for index, child in enumerate(children):
+        if chain == "*" and node.op == "/" and index == 1:
+            levels.append(child.expanded_depth + 1)  # a / b is a * b^-1
+        elif chain is not None and child.chain == chain:
+            levels.append(child.expanded_depth - 1)  # flattened into this node's operands
+        else:
+            levels.append(child.expanded_depth)
+    return _Shape(
+        nodes=1 + sum(c.nodes for c in children),
+        depth=1 + max((c.depth for c in children), default=0),
+        expanded_depth=1 + max(levels, default=0),
+        chain=chain,
+    )
+
+
+def _merge_shapes(a: dict, b: dict) -> dict:
+    """Names assigned on several paths: the largest of their shapes."""
+    merged = dict(a)
+    for name, shape in b.items():
+        old = merged.get(name, _LEAF)
+        merged[name] = _Shape(
+            max(old.nodes, shape.nodes), 1, max(old.expanded_depth, shape.expanded_depth),
+            old.chain if old.chain == shape.chain else None,
+        )
+    return merged
 
 
 def _join(*exprs) -> str:
