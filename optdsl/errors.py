@@ -47,7 +47,7 @@ class SpecError(Exception):
         line, column = self.position.line, self.position.column
         text = f"{self.path}:{line}:{column}: error: {self.message}"
         lines = self.source.split("\n")
-        if self.source and 1 <= line <= len(lines):
+        if 1 <= line <= len(lines):  # (an empty file has one empty line)
             excerpt, offset = render_line(lines[line - 1], column)
             text += f"\n    {excerpt}\n    {' ' * offset}^"
         return text

@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from lark import Lark, Token, v_args
+from lark import Lark, Token, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 from lark.visitors import Transformer_NonRecursive
 
@@ -280,6 +280,20 @@ def _check_size(source: str) -> None:
         )
 
 
+def _check_tokens(tree) -> None:
+    """Names and number literals, checked without recursion (Tree.scan_values recurses)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Tree):
+            stack.extend(reversed(node.children))
+        elif isinstance(node, Token):
+            if node.type == "NAME":
+                _check_name(node)
+            elif node.type == "NUMBER":
+                _check_number(node)
+
+
 def _expr_children(expr) -> list:
     if isinstance(expr, ast.Unary):
         return [expr.operand]
@@ -367,8 +381,7 @@ def parse_text(source: str, path: str = "<spec>", start: str = "start"):
             tree = _lark().parse(source, start=start)
         except UnexpectedInput as exc:
             raise _syntax_error(exc, source, start) from None
-        for token in tree.scan_values(lambda v: isinstance(v, Token) and v.type in ("NAME", "NUMBER")):
-            (_check_name if token.type == "NAME" else _check_number)(token)
+        _check_tokens(tree)
         try:
             result = _ToAst(path, source).transform(tree)
         except VisitError as exc:
