@@ -49,6 +49,8 @@ def run(data, command="compile", files=None, name="case.opt"):
             status = cli.main(argv)
         elapsed = time.monotonic() - start
         written = sorted(p.name for p in out.rglob("*")) if out.exists() else []
+        for module in out.glob("*.py"):  # what is written must at least be valid Python
+            compile(module.read_text(encoding="utf-8"), str(module), "exec")
         text = err.getvalue().replace(str(tmp) + "/", "")
     assert elapsed < 20, f"took {elapsed:.1f}s"
     return status, text, name, written
@@ -113,6 +115,19 @@ def test_unreadable_spec_and_folder_as_spec(tmp_path, capsys):
         assert err.startswith(f"{target}: error: cannot read spec: ")
         assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_smallest_specs_compile_to_working_modules(tmp_path):
+    import torch
+
+    for text in ("optimizer T\nupdate { param = param - grad }\n", "optimizer T\nupdate{param=grad}"):
+        path = tmp_path / "tiny.opt"
+        path.write_text(text)
+        cls = compiler.load(path)
+        weight = torch.ones(3, requires_grad=True)
+        weight.grad = torch.full((3,), 0.25)
+        cls([weight], backend="torch").step()
+        assert torch.all(weight.detach() < 1)
 
 
 # -- huge and deeply nested input ----------------------------------------------------------------
