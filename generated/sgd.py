@@ -331,14 +331,17 @@ def _use_triton(param, backend):
 def _reference_into(targets, grad, writes, h, compute):
     """Run the reference on `targets` (param and states) and write back what the rule assigns."""
     inputs = {name: t.to(compute) for name, t in targets.items() if name != "param"}
-    result = _reference(targets["param"].to(compute), grad.to(compute), inputs, h)
-    aliases = {id(t) for t in inputs.values()}
+    param = targets["param"].to(compute)
+    result = _reference(param, grad.to(compute), inputs, h)
+    # A rule may return another input unchanged (`v = exp_avg_sq`, `m = param`): copy all such
+    # values before the first write-back, which may overwrite that input.
+    owner = {id(t): name for name, t in dict(inputs, param=param).items()}
+    values = {}
     for name in writes:
         value = result[name]
-        # A rule may return an input unchanged (`v = exp_avg_sq`); copy it before it is overwritten.
-        if id(value) in aliases and value is not inputs.get(name):
-            value = value.clone()
-        targets[name].copy_(value)
+        values[name] = value.clone() if owner.get(id(value), name) != name else value
+    for name in writes:
+        targets[name].copy_(values[name])
 
 
 def _real(tensor):

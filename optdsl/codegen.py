@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 from dataclasses import dataclass
@@ -11,11 +12,61 @@ import jinja2
 import sympy
 
 from . import __version__, ast
+from .ast import ELEMENT, HOST
 from .checker import CheckedSpec
+from .errors import SpecError
 from .plan import KernelPlan, Plan
 from .printers import HOST_HELPERS, HOST_HELPER_DEPENDENCIES, TRITON_HELPERS, HostPrinter, ReferencePrinter, TritonPrinter, float_literal
 
 TORCH_DTYPES = {"float16": "torch.float16", "bfloat16": "torch.bfloat16", "float32": "torch.float32", "float64": "torch.float64"}
+
+
+# Names that would clash with the generated module's own. A hyperparameter (or a component of a
+# tuple hyperparameter) becomes a keyword argument of `Optimizer.__init__(self, params, ...,
+# *, backend)` and a variable in `_validate` (which keeps a tuple in `value`), in
+# `_hyperparameters`, the launchers, the kernels and `_variant`, which call Python builtins
+# (bool, float, isinstance, len, super, ...): so none of those. A state is a variable in the
+# kernels, which write infinities as float("inf"). `fresh_<state>` holds fresh(<state>) in the
+# reference. Locals need no rule: the planner renames them away from builtins in the kernels.
+PYTHON_BUILTINS = frozenset(dir(builtins)) | {"exit", "quit", "copyright", "credits", "license", "help"}
+GENERATED_NAMES = frozenset({"params", "backend", "value"})
+
+
+def check_names(checked: CheckedSpec) -> None:
+    """Raise a located `SpecError` for a name that would clash in the generated module."""
+    spec = checked.spec
+    fresh = {f"fresh_{s}": s for s in checked.state_names}
+
+    def assigned(statements):
+        for stmt in statements:
+            if isinstance(stmt, ast.Assign):
+                yield stmt.target, stmt.pos
+            else:
+                for _, body in stmt.branches:
+                    yield from assigned(body)
+                yield from assigned(stmt.orelse)
+
+    def reject(name, pos, why):
+        raise SpecError(f"{name!r} is reserved: {why}; choose another name", pos).located(spec.path, spec.source)
+
+    for hyper in spec.hypers:
+        for name in (hyper.name, *(hyper.components or ())):
+            if name in PYTHON_BUILTINS:
+                reject(name, hyper.pos, "a hyperparameter may not shadow a Python builtin in the generated module")
+            if name in GENERATED_NAMES:
+                reject(name, hyper.pos, "the generated module uses this name itself")
+    for state in spec.states:
+        if state.name == "float":
+            reject(state.name, state.pos, "the generated kernels call float()")
+    names = [(h.name, h.pos) for h in spec.hypers] + [(c, h.pos) for h in spec.hypers for c in h.components or ()]
+    for name, pos in names + [(s.name, s.pos) for s in spec.states] + list(assigned(checked.body)):
+        if name in fresh:
+            reject(name, pos, f"the generated module holds fresh({fresh[name]}) under this name")
+
+
+def _comment_text(text: str) -> str:
+    """`text` for a `#` comment: characters that could end the comment line are escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def snake_case(name: str) -> str:
@@ -48,6 +99,7 @@ def _python_string(text: str) -> str:
 def render(plan: Plan, spec_text: str, spec_path: str) -> str:
     checked: CheckedSpec = plan.lowered.checked
     spec = checked.spec
+    check_names(checked)
     prefix = f"_{snake_case(spec.name)}"
     triton_printer = TritonPrinter()
     host_printer = HostPrinter()
@@ -58,8 +110,12 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         suffix = f"_{plan_kernel.suffix}" if plan_kernel.suffix else ""
         body = [(str(sym), triton_printer.doprint(expr)) for sym, expr in plan_kernel.body]
         stores = []
+        per_element = set(plan.lowered.element_symbols) | {sym for sym, _ in plan_kernel.body}
         for name, value in plan_kernel.outputs.items():
-            stores.append((name, triton_printer.doprint(value)))
+            text = triton_printer.doprint(value)
+            if not value.free_symbols & per_element:  # a host scalar stored into every element
+                text = f"tl.full((BLOCK_SIZE,), {text}, tl.float32)"
+            stores.append((name, text))
         host_defs = [(str(sym), host_printer.doprint(expr)) for sym, expr in plan_kernel.host_defs]
         kernels.append(KernelView(
             plan_kernel, f"{prefix}_kernel{suffix}", f"{prefix}_launch{suffix}", plan_kernel.tensors,
@@ -69,7 +125,9 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
     variant_rows = []
     for key in (k for kernel in plan.kernels for k in kernel.keys):
         kernel = next(v for v in kernels if tuple(key) in v.plan.keys)
-        touched = [s for s in checked.state_names if s in kernel.tensors]
+        # The reference runs the spec as written, so it also reads states the IR simplified away.
+        read = _state_reads(checked, key)
+        touched = [s for s in checked.state_names if s in kernel.tensors or s in read]
         writes = [t for t in kernel.plan.stores]
         variant_rows.append((key, kernel.launcher_name, touched, writes))
     variant_rows.sort(key=lambda row: [not b for b in row[0]])
@@ -138,7 +196,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
     template = env.get_template("module.py.j2")
     text = template.render(
         version=__version__,
-        spec_path=spec_path,
+        spec_path=_comment_text(spec_path),
         spec_hash=hashlib.sha256(spec_text.encode()).hexdigest(),
         name=spec.name,
         prefix=prefix,
@@ -160,6 +218,35 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         host_helpers=host_helpers,
     )
     return re.sub(r"\n{4,}", "\n\n\n", text)  # at most two blank lines, as PEP 8
+
+
+def _state_reads(checked: CheckedSpec, key) -> set[str]:
+    """States whose values the update reads on the path that variant `key` takes."""
+    index = {id(c): i for i, c in enumerate(checked.conditions)}
+    states = set(checked.state_names)
+    found: set[str] = set()
+
+    def names(e):
+        if isinstance(e, ast.Name) and e.id in states:
+            found.add(e.id)
+        elif isinstance(e, ast.Call) and e.func != "fresh":  # fresh(s) asks whether s exists yet
+            for a in e.args:
+                names(a)
+        elif isinstance(e, (ast.Unary, ast.Binary, ast.Compare)):
+            for child in (e.operands if isinstance(e, ast.Compare) else
+                          [e.operand] if isinstance(e, ast.Unary) else [e.left, e.right]):
+                names(child)
+
+    def walk(statements):
+        for stmt in statements:
+            if isinstance(stmt, ast.Assign):
+                names(stmt.value)
+                continue
+            taken = next((body for cond, body in stmt.branches if key[index[id(cond)]]), stmt.orelse)
+            walk(taken)
+
+    walk(checked.body)
+    return found
 
 
 def _tuple_literal(items, quote=True) -> str:
@@ -184,23 +271,44 @@ def _default_literal(value) -> str:
 
 
 def _reference_body(checked: CheckedSpec, printer: ReferencePrinter) -> list[str]:
-    lines: list[str] = []
+    """The update as Python statements. Every element-kind name holds a tensor: a state or `param`
+    assigned a host value, and a local that is a host value on one path of an `if` but a tensor on
+    another, are broadcast with `torch.full_like(grad, ...)`."""
+    tensors = {"param", *checked.state_names}
 
-    def emit(statements, depth):
+    def emit(statements, depth, kinds) -> list[str]:
         indent = "    " * depth
+        lines: list[str] = []
         for stmt in statements:
             if isinstance(stmt, ast.Assign):
-                lines.append(f"{indent}{stmt.target} = {printer.expr(stmt.value)}")
+                value = printer.expr(stmt.value)
+                if stmt.target in tensors and stmt.value.kind != ELEMENT:
+                    value = f"torch.full_like(grad, {value})"
+                kinds[stmt.target] = ELEMENT if stmt.target in tensors else stmt.value.kind
+                lines.append(f"{indent}{stmt.target} = {value}")
                 continue
-            for i, (cond, body) in enumerate(stmt.branches):
-                keyword = "if" if i == 0 else "elif"
-                lines.append(f"{indent}{keyword} {printer.expr(cond)}:")
-                emit(body, depth + 1)
-                if not body:
-                    lines.append(f"{indent}    pass")
-            if stmt.orelse:
-                lines.append(f"{indent}else:")
-                emit(stmt.orelse, depth + 1)
+            paths = list(stmt.branches) + [(None, stmt.orelse)]
+            scopes = [dict(kinds) for _ in paths]
+            bodies = [emit(body, depth + 1, scope) for (_, body), scope in zip(paths, scopes)]
+            # After the `if`, a name is defined when every path defines it, as the checker has it.
+            joined = {}
+            for name in set.intersection(*(set(scope) for scope in scopes)):
+                joined[name] = ELEMENT if any(scope[name] == ELEMENT for scope in scopes) else HOST
+            for name in sorted(n for n, kind in joined.items() if kind == ELEMENT):
+                for scope, body in zip(scopes, bodies):
+                    if scope[name] != ELEMENT:
+                        body.append(f"{indent}    {name} = torch.full_like(grad, {name})")
+            kinds.clear()
+            kinds.update(joined)
+            for i, ((cond, _), body) in enumerate(zip(paths, bodies)):
+                if cond is None:
+                    if body:
+                        lines += [f"{indent}else:", *body]
+                    continue
+                lines.append(f"{indent}{'if' if i == 0 else 'elif'} {printer.expr(cond)}:")
+                lines += body or [f"{indent}    pass"]
+        return lines
 
-    emit(checked.body, 1)
-    return lines
+    kinds = {name: HOST for name in _host_order(checked)}
+    kinds.update({name: ELEMENT for name in ("param", "grad", *checked.state_names)})
+    return emit(checked.body, 1, kinds)

@@ -21,7 +21,9 @@ class Compiled:
 
 
 def check_file(path) -> CheckedSpec:
-    return checker.check(parser.parse_file(path))
+    checked = checker.check(parser.parse_file(path))
+    codegen.check_names(checked)  # names that would clash in the generated module
+    return checked
 
 
 def compile_file(path, display_path: str | None = None) -> Compiled:

@@ -97,7 +97,8 @@ def interpret_step(checked: CheckedSpec, param, grad, state: dict, h: dict) -> d
 
     run(checked.body)
     shape = param.shape
-    return {name: _t(env[name]).expand(shape) for name in assigned}
+    # Copies: a result may be an input itself (`m = param`), which the caller may then update in place.
+    return {name: _t(env[name]).expand(shape).clone() for name in assigned}
 
 
 # --- SymPy IR ---------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def interpret_step(checked: CheckedSpec, param, grad, state: dict, h: dict) -> d
 def _ir_eval(expr, env):
     if expr.is_Symbol:
         return _t(env[expr.name])
-    if expr.is_Number:
+    if expr.is_Number or expr.is_NumberSymbol:  # NumberSymbol: pi, E (SymPy folds atan2(1, 1) to pi/4)
         return _t(float(expr))
     if expr in (sympy.true, sympy.false):
         return torch.tensor(bool(expr))
@@ -122,6 +123,13 @@ def _ir_eval(expr, env):
         return out
     if expr.is_Pow:
         return torch.pow(args[0], args[1])
+    if isinstance(expr, sympy.re):  # every value is real (or nan)
+        return _ir_eval(expr.args[0], env)
+    if isinstance(expr, sympy.im):
+        return _t(0.0)
+    if isinstance(expr, sympy.logic.boolalg.ITE):
+        cond, a, b = (_ir_eval(x, env) for x in expr.args)
+        return torch.where(cond.bool(), a, b)
     if isinstance(expr, sympy.Piecewise):
         *branches, (last, _) = expr.args
         out = _ir_eval(last, env)
@@ -130,7 +138,7 @@ def _ir_eval(expr, env):
         return out
     simple = {
         sympy.exp: torch.exp, sympy.log: torch.log, log1p: torch.log1p, sympy.Abs: torch.abs,
-        sympy.sign: torch.sign, sympy.tanh: torch.tanh, sigmoid: torch.sigmoid, sympy.atan2: torch.atan2,
+        sympy.sign: torch.sign, sympy.tanh: torch.tanh, sigmoid: torch.sigmoid, sympy.atan2: torch.atan2, sympy.atan: torch.atan,
         sympy.Max: torch.maximum, sympy.Min: torch.minimum, sympy.Lt: torch.lt, sympy.Le: torch.le,
         sympy.Gt: torch.gt, sympy.Ge: torch.ge, sympy.Eq: torch.eq, sympy.Ne: torch.ne,
         sympy.And: torch.logical_and, sympy.Or: torch.logical_or, sympy.Not: torch.logical_not,
@@ -154,7 +162,7 @@ def evaluate_kernel(kernel: KernelPlan, param, grad, state: dict, h: dict) -> di
         env[symbol.name] = _ir_eval(expr, env)
     for symbol, expr in kernel.body:
         env[symbol.name] = _ir_eval(expr, env)
-    return {name: _ir_eval(expr, env).expand(param.shape) for name, expr in kernel.outputs.items()}
+    return {name: _ir_eval(expr, env).expand(param.shape).clone() for name, expr in kernel.outputs.items()}
 
 
 def evaluate_plan(plan: Plan, key, param, grad, state: dict, h: dict) -> dict:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import sympy
 from sympy.codegen.cfunctions import log1p
+from sympy.logic.boolalg import ITE
 
 from . import ast
 from .checker import CheckedSpec
@@ -31,6 +32,9 @@ class sigmoid(sympy.Function):
     """1 / (1 + exp(-x)), kept as one function so it is printed with a stable implementation."""
 
     nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
 
 
 def element_symbol(name: str) -> sympy.Symbol:
@@ -170,6 +174,30 @@ def _clamp(x, lo, hi):
     return sympy.Min(sympy.Max(x, lo), hi)
 
 
+def _atan2(y, x):
+    # SymPy folds atan2(0, 0) to nan; torch (and the kernels) give 0.
+    return sympy.Integer(0) if y.is_zero and x.is_zero else sympy.atan2(y, x)
+
+
+def _where(cond, a, b):
+    # A where() inside a condition (`where(g > 0, ..)` with `g = where(maximize, -grad, grad)`)
+    # is lifted out here: SymPy would fold it with Piecewise.rewrite(ITE), which drops every branch
+    # after one whose condition is a flag (it reads `maximize` as covering all reals).
+    return sympy.Piecewise((a, _lift(cond)), (b, True))
+
+
+def _lift(cond):
+    """`cond` without Piecewise inside: ITE(c1, cond[P := a1], ITE(c2, ..., cond[P := an]))."""
+    inner = next((node for node in sympy.preorder_traversal(cond) if isinstance(node, sympy.Piecewise)), None)
+    if inner is None:
+        return cond
+    *branches, (last, _) = inner.args  # the last condition is True: every Piecewise is a where()
+    out = _lift(cond.xreplace({inner: last}))
+    for value, condition in reversed(branches):
+        out = ITE(condition, _lift(cond.xreplace({inner: value})), out)
+    return out
+
+
 _BUILTINS = {
     "sqrt": sympy.sqrt,
     "rsqrt": lambda x: sympy.Pow(x, sympy.Rational(-1, 2)),
@@ -180,12 +208,12 @@ _BUILTINS = {
     "sign": sympy.sign,
     "sigmoid": sigmoid,
     "tanh": sympy.tanh,
-    "atan2": sympy.atan2,
+    "atan2": _atan2,
     "min": sympy.Min,
     "max": sympy.Max,
     "clamp": _clamp,
     "lerp": lambda a, b, w: a + w * (b - a),
-    "where": lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
+    "where": _where,
 }
 
 

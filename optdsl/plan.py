@@ -12,6 +12,7 @@ Variants whose kernels come out identical share one kernel.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 from dataclasses import dataclass, field
 
@@ -47,14 +48,15 @@ class Plan:
 
 
 class _Names:
-    """Hands out unique, valid identifiers."""
+    """Hands out unique, valid identifiers that shadow no Python builtin the kernels and launchers
+    call (a spec may name a local `float` or `len`)."""
 
     def __init__(self, taken):
         self.taken = set(taken)
 
     def fresh(self, base: str) -> str:
         name, n = base, 1
-        while name in self.taken or keyword.iskeyword(name):
+        while name in self.taken or keyword.iskeyword(name) or hasattr(builtins, name):
             n += 1
             name = f"{base}_{n}"
         self.taken.add(name)

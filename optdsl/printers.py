@@ -70,17 +70,21 @@ def _atan2(y, x):
 ''',
 }
 
+# Host helpers share the module namespace with the Triton helpers above, so their names differ
+# from those (a host `_sign` would be replaced by the @_jit `_sign` defined after it).
 HOST_HELPERS = {
     "_sqrt": "def _sqrt(x):\n    return math.sqrt(x) if x >= 0 else math.nan\n",
     "_log": "def _log(x):\n    return math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)\n",
-    "_log1p": "def _log1p(x):\n    return math.log1p(x) if x > -1 else (-math.inf if x == -1 else math.nan)\n",
+    "_host_log1p": "def _host_log1p(x):\n    return math.log1p(x) if x > -1 else (-math.inf if x == -1 else math.nan)\n",
     "_exp": "def _exp(x):\n    return math.exp(x) if x < 709.78 else math.inf\n",
-    "_sign": "def _sign(x):\n    return (x > 0) - (x < 0) if x == x else x\n",
+    "_host_sign": "def _host_sign(x):\n    return float((x > 0) - (x < 0)) if x == x else x\n",
     "_sigmoid": "def _sigmoid(x):\n    return 1 / (1 + _exp(-x))\n",
     "_pow": ("def _pow(x, y):\n    try:\n        result = x ** y\n    except (OverflowError, ZeroDivisionError):\n"
              "        return math.inf\n    return math.nan if isinstance(result, complex) else result\n"),
 }
 HOST_HELPER_DEPENDENCIES = {"_sigmoid": ("_exp",)}
+HOST_FUNCTIONS = {"exp": "_exp", "log": "_log", "log1p": "_host_log1p", "sigmoid": "_sigmoid", "sign": "_host_sign"}
+assert not set(HOST_HELPERS) & set(TRITON_HELPERS) and not set(HOST_HELPERS) & {"_atan", "_tanh"}
 
 
 def float_literal(value: float) -> str:
@@ -112,6 +116,23 @@ class _Common(StrPrinter):
     def _print_NegativeInfinity(self, expr):
         return "float('-inf')"
 
+    def _print_Pi(self, expr):
+        return float_literal(math.pi)
+
+    def _print_Exp1(self, expr):
+        return float_literal(math.e)
+
+    def _print_NaN(self, expr):
+        return "float('nan')"
+
+    # Every value here is real (or nan), but SymPy writes |b^e| as b^re(e) when it cannot tell
+    # that e is real (log1p(x) for any x, say).
+    def _print_re(self, expr):
+        return self._print(expr.args[0])
+
+    def _print_im(self, expr):
+        return "0.0"
+
     def _print_BooleanTrue(self, expr):
         return "True"
 
@@ -135,6 +156,19 @@ class TritonPrinter(_Common):
         # Float literals keep every operand of tl.maximum / tl.where floating point.
         return float_literal(float(expr))
 
+    def _print_Mul(self, expr):
+        # StrPrinter writes a lone denominator factor without parentheses (`n/d`), but an integer
+        # power prints as a product here: `n/b**2` must become `n/(b * b)`, not `n/b * b`.
+        factors = sympy.Mul.make_args(expr)
+        below = [f for f in factors if (f.is_Pow and f.exp.as_coeff_Mul()[0] < 0) or (f.is_Rational and f.q != 1)]
+        if len(below) == 1 and below[0].is_Pow and below[0].exp.is_Integer and -8 <= int(below[0].exp) <= -2:
+            (denominator,) = below
+            numerator = sympy.Mul(*[f for f in factors if f is not denominator])
+            text = self._print(numerator) if numerator.is_Mul or numerator.is_Number else \
+                self.parenthesize(numerator, precedence(expr), strict=False)
+            return f"{text}/({self._integer_power(denominator.base, -int(denominator.exp))})"
+        return super()._print_Mul(expr)
+
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.base, expr.exp
         if exp == sympy.Rational(1, 2):
@@ -148,6 +182,12 @@ class TritonPrinter(_Common):
             if int(exp) == -1:
                 return f"1.0 / {self.parenthesize(base, 1000)}"
             return f"1.0 / ({self._integer_power(base, -int(exp))})"
+        if exp.is_Integer:
+            # Larger integer powers via exp/log of |base|, with the sign of an odd power: a negative
+            # base to an integer power is a number, not nan (SymPy folds (g^3)^4 into g^12).
+            text = self._print(base)
+            magnitude = f"tl.exp({float(exp)!r} * tl.log(tl.abs({text})))"
+            return magnitude if int(exp) % 2 == 0 else f"tl.where({text} < 0, -{magnitude}, {magnitude})"
         return f"tl.exp({self._print(exp)} * tl.log({self._print(base)}))"
 
     def _print_Function(self, expr):
@@ -156,10 +196,10 @@ class TritonPrinter(_Common):
         simple = {"exp": "tl.exp", "log": "tl.log", "sigmoid": "tl.sigmoid"}
         if name in simple:
             return f"{simple[name]}({args[0]})"
-        helper = {"log1p": "_log1p", "tanh": "_tanh", "sign": "_sign", "atan2": "_atan2"}.get(name)
+        helper = {"log1p": "_log1p", "tanh": "_tanh", "sign": "_sign", "atan2": "_atan2", "atan": "_atan"}.get(name)
         if helper is None:
             raise NotImplementedError(f"no Triton lowering for {name}")
-        self.helpers.add(helper)
+        self.helpers.add("_atan2" if helper == "_atan" else helper)  # _atan is defined with _atan2
         return f"{helper}({', '.join(args)})"
 
     _print_exp = _print_Function
@@ -167,6 +207,7 @@ class TritonPrinter(_Common):
     _print_sign = _print_Function
     _print_tanh = _print_Function
     _print_atan2 = _print_Function
+    _print_atan = _print_Function  # SymPy writes atan2(y, x) with x known positive as atan(y / x)
 
     def _print_Abs(self, expr):
         return f"tl.abs({self._print(expr.args[0])})"
@@ -197,8 +238,15 @@ class TritonPrinter(_Common):
     def _print_Or(self, expr):
         return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
 
+    def _print_ITE(self, expr):
+        # SymPy folds a where() inside a condition into ITE(a, b, c): b where a holds, else c.
+        a, b, c = (self._print(x) for x in expr.args)
+        return f"(({a} & {b}) | ((~{a}) & {c}))"
+
     def _print_Not(self, expr):
-        return f"(not {self._print(expr.args[0])})"
+        # `~`, not `not`: the compiled kernel maps `not` to an elementwise not, but the interpreter
+        # runs Python's `not`, which collapses a block of conditions to one bool.
+        return f"(~{self._print(expr.args[0])})"
 
 
 class HostPrinter(_Common):
@@ -227,9 +275,9 @@ class HostPrinter(_Common):
 
     def _print_Function(self, expr):
         name = type(expr).__name__
-        if name in ("exp", "log", "log1p", "sigmoid", "sign"):
-            return self._helper(f"_{name}", *expr.args)
-        if name in ("tanh", "atan2"):
+        if name in HOST_FUNCTIONS:
+            return self._helper(HOST_FUNCTIONS[name], *expr.args)
+        if name in ("tanh", "atan2", "atan"):
             return f"math.{name}({', '.join(self._print(a) for a in expr.args)})"
         raise NotImplementedError(f"no host lowering for {name}")
 
@@ -238,15 +286,21 @@ class HostPrinter(_Common):
     _print_sign = _print_Function
     _print_tanh = _print_Function
     _print_atan2 = _print_Function
+    _print_atan = _print_Function
 
     def _print_Abs(self, expr):
         return f"abs({self._print(expr.args[0])})"
 
+    # Numbers print as floats here (as in Piecewise below): max(3, x) would hand the kernel an int
+    # when 3 wins, and Triton types an int argument as int32, which tl.exp and friends reject.
     def _print_Max(self, expr):
-        return f"max({', '.join(self._print(a) for a in expr.args)})"
+        return f"max({', '.join(self._float_arg(a) for a in expr.args)})"
 
     def _print_Min(self, expr):
-        return f"min({', '.join(self._print(a) for a in expr.args)})"
+        return f"min({', '.join(self._float_arg(a) for a in expr.args)})"
+
+    def _float_arg(self, arg):
+        return float_literal(float(arg)) if arg.is_Number else self._print(arg)
 
     def _print_Piecewise(self, expr):
         # Branch values print as floats so the kernel argument is a float whichever is taken.
@@ -268,6 +322,10 @@ class HostPrinter(_Common):
     def _print_Not(self, expr):
         return f"(not {self._print(expr.args[0])})"
 
+    def _print_ITE(self, expr):
+        a, b, c = (self._print(x) for x in expr.args)
+        return f"({b} if {a} else {c})"
+
 
 # ---------------------------------------------------------------------------------------------
 # Checked AST → readable PyTorch (the reference implementation).
@@ -284,8 +342,7 @@ class ReferencePrinter:
     TORCH_UNARY = {"sqrt": "torch.sqrt", "rsqrt": "torch.rsqrt", "exp": "torch.exp", "log": "torch.log",
                    "log1p": "torch.log1p", "abs": "torch.abs", "sign": "torch.sign", "sigmoid": "torch.sigmoid",
                    "tanh": "torch.tanh"}
-    HOST_UNARY = {"sqrt": "_sqrt", "exp": "_exp", "log": "_log", "log1p": "_log1p", "sign": "_sign",
-                  "sigmoid": "_sigmoid", "abs": "abs", "tanh": "math.tanh"}
+    HOST_UNARY = {"sqrt": "_sqrt", "abs": "abs", "tanh": "math.tanh", **HOST_FUNCTIONS}
 
     def __init__(self):
         self.helpers: set[str] = set()
@@ -302,6 +359,9 @@ class ReferencePrinter:
             text = e.text
             if "e" in text.lower() and "." not in text.lower().split("e")[0]:
                 text = float_literal(e.value)
+            elif text.isdigit():
+                # Python rejects leading zeros (`007`), and torch rejects ints beyond int64.
+                text = str(int(text)) if int(text) < 2**53 else float_literal(e.value)
             return text, _PRECEDENCE["atom"]
         if isinstance(e, ast.Bool):
             return ("True" if e.value else "False"), _PRECEDENCE["atom"]
@@ -353,7 +413,8 @@ class ReferencePrinter:
         raise TypeError(f"cannot print {e!r}")
 
     def _call(self, e: ast.Call) -> str:
-        args = [self.expr(a) for a in e.args]
+        printed = [self._expr(a) for a in e.args]
+        args = [text for text, _ in printed]
         kinds = [a.kind for a in e.args]
         f = e.func
         if f == "fresh":
@@ -361,7 +422,7 @@ class ReferencePrinter:
         if e.kind == HOST:
             if f == "rsqrt":
                 self.helpers.add("_sqrt")
-                return f"1 / _sqrt({args[0]})"
+                return f"(1 / _sqrt({args[0]}))"
             if f in self.HOST_UNARY:
                 name = self.HOST_UNARY[f]
                 if name.startswith("_"):
@@ -376,7 +437,7 @@ class ReferencePrinter:
             if f == "clamp":
                 return f"min(max({args[0]}, {args[1]}), {args[2]})"
             if f == "lerp":
-                return f"{args[0]} + {self._wrap(self._expr(e.args[2]), 6)} * ({args[1]} - {args[0]})"
+                return self._lerp(printed)
             if f == "where":
                 return f"({args[1]} if {args[0]} else {args[2]})"
         else:
@@ -399,12 +460,23 @@ class ReferencePrinter:
             if f == "lerp":
                 if kinds[0] == ELEMENT and kinds[1] == ELEMENT:
                     return f"torch.lerp({args[0]}, {args[1]}, {args[2]})"
-                return f"{self._wrap(self._expr(e.args[0]), 5)} + {self._wrap(self._expr(e.args[2]), 6)} * ({args[1]} - {args[0]})"
+                return self._lerp(printed)
             if f == "where":
                 if kinds[0] == HOST:
-                    return f"({args[1]} if {args[0]} else {args[2]})"
+                    # Either branch may be taken, and the value is used as a tensor.
+                    a, b = (t if k == ELEMENT else f"torch.full_like(grad, {t})" for t, k in zip(args[1:], kinds[1:]))
+                    return f"({a} if {args[0]} else {b})"
+                if kinds[1] != ELEMENT and kinds[2] != ELEMENT:
+                    # torch.where(c, 0.5, 2.0) has the default dtype (float32), not the compute dtype.
+                    return f"torch.where({args[0]}, torch.full_like(grad, {args[1]}), {args[2]})"
                 return f"torch.where({args[0]}, {args[1]}, {args[2]})"
         raise NotImplementedError(f"no reference lowering for {f}")
+
+    def _lerp(self, printed) -> str:
+        """a + w * (b - a), parenthesized: the caller takes a call's text as an atom."""
+        (a, b, w), plus = printed, _PRECEDENCE["+"]
+        return (f"({self._wrap(a, plus)} + {self._wrap(w, _PRECEDENCE['*'])} * "
+                f"({self._wrap(b, plus)} - {self._wrap(a, plus + 1)}))")
 
     @staticmethod
     def _tensor(text, kind, like):
