@@ -104,7 +104,7 @@ def test_docstring_is_inert(tmp_path, doc):
     _assert_only_template_statements(compiled.source, "Quoted")
     module = load_module(path)
     cls = module.Quoted
-    assert module.__doc__.startswith(f"Quoted: {text}\n\nA fused Triton kernel")
+    assert module.__doc__.startswith(f"{text}\n\nA fused Triton kernel")
     if sys.version_info < (3, 13):
         assert _class_doc_text(cls.__doc__) == text
     else:  # Python 3.13 strips docstring indentation at compile time
@@ -122,7 +122,7 @@ def test_docstring_text_round_trips_exactly(tmp_path):
     doc = "".join(chr(c) for c in range(33, 127) if chr(c) != '"') + ' "q" \\ \\\\ \\n {{x}} é\t.'
     path = _write(tmp_path, f'optimizer Every """{doc}"""\n{BODY}')
     module = load_module(path)
-    assert module.__doc__.startswith(f"Every: {doc}\n\nA fused Triton kernel")
+    assert module.__doc__.startswith(f"{doc}\n\nA fused Triton kernel")
     assert _class_doc_text(module.Every.__doc__) == doc
 
 
@@ -148,7 +148,7 @@ def test_crlf_spec_compiles_with_the_same_docstring(tmp_path):
     compiled = compile_file(path)
     assert "\r" not in compiled.source
     module = load_module(path)
-    assert module.__doc__.startswith("Crlf: one\ntwo \\\nthree\n\nA fused Triton kernel")
+    assert module.__doc__.startswith("one\ntwo \\\nthree\n\nA fused Triton kernel")
 
 
 def test_file_path_cannot_inject_into_the_header_comment(tmp_path):
