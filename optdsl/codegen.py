@@ -27,9 +27,11 @@ TORCH_DTYPES = {"float16": "torch.float16", "bfloat16": "torch.bfloat16", "float
 # `_hyperparameters`, the launchers, the kernels and `_variant`, which call Python builtins
 # (bool, float, isinstance, len, super, ...): so none of those. A state is a variable in the
 # kernels, which write infinities as float("inf"). `fresh_<state>` holds fresh(<state>) in the
-# reference. Locals need no rule: the planner renames them away from builtins in the kernels.
+# reference. The optimizer class is a module global, so it may not take the name of a builtin or
+# of another global (`CPU_CHUNK`). Locals need no rule: the planner renames them in the kernels.
 PYTHON_BUILTINS = frozenset(dir(builtins)) | {"exit", "quit", "copyright", "credits", "license", "help"}
 GENERATED_NAMES = frozenset({"params", "backend", "value"})
+MODULE_GLOBALS = frozenset({"CPU_CHUNK", "BLOCK_SIZE", "annotations"})
 
 
 def check_names(checked: CheckedSpec) -> None:
@@ -49,6 +51,8 @@ def check_names(checked: CheckedSpec) -> None:
     def reject(name, pos, why):
         raise SpecError(f"{name!r} is reserved: {why}; choose another name", pos).located(spec.path, spec.source)
 
+    if spec.name in PYTHON_BUILTINS or spec.name in MODULE_GLOBALS:
+        reject(spec.name, spec.name_pos, "the optimizer class would replace a name the generated module uses")
     for hyper in spec.hypers:
         for name in (hyper.name, *(hyper.components or ())):
             if name in PYTHON_BUILTINS:

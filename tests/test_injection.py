@@ -205,6 +205,16 @@ def test_reserved_names_are_rejected_with_a_location(tmp_path, role, name):
         assert error.format().startswith(f"{path}:{line}:{column}: error: ")
 
 
+@pytest.mark.parametrize("name", ["float", "dict", "len", "super", "isinstance", "CPU_CHUNK", "torch", "os", "lambda"])
+def test_optimizer_names_that_shadow_module_globals_are_rejected(tmp_path, name):
+    # The class is a module global: `optimizer float` replaced the float() that _as_float calls.
+    path = _write(tmp_path, f"optimizer {name}\n{BODY}")
+    with pytest.raises(SpecError) as info:
+        compile_file(path)
+    assert (info.value.position.line, info.value.position.column) == (1, 11)
+    assert name in info.value.message
+
+
 @pytest.mark.parametrize("role", ["hyperparameter", "state", "local"])
 def test_fresh_flag_names_are_rejected(tmp_path, role):
     # `fresh_m` holds fresh(m) in the generated reference: no spec name may take it.
