@@ -1,7 +1,8 @@
 """Typed syntax tree of a `.opt` spec. Every node keeps its source position for error messages.
 
 Expression nodes carry two annotations that the checker fills in:
-`kind` ("host": depends only on hyperparameters and `step`; "element": per tensor element) and
+`kind` ("host": depends only on hyperparameters, `step` and the tensor's shape; "uniform": one
+device value per tensor; "row" / "col": one per row / column; "element": per tensor element) and
 `type` ("num" or "bool").
 """
 
@@ -12,8 +13,24 @@ from typing import Optional, Union
 
 from .errors import Position
 
-HOST = "host"
+HOST = "host"  # hyperparameters, step, shape values: Python floats on the host
+UNIFORM = "uniform"  # one value per tensor on the device: per-tensor and global reductions, `loss`
+ROW = "row"  # one value per row of the (shape[0], rest) view
+COL = "col"  # one value per column of that view
 ELEMENT = "element"
+SCALAR = "scalar"  # the declared shape of a state holding one value per tensor
+DEVICE_KINDS = (UNIFORM, ROW, COL, ELEMENT)
+
+
+def join_kinds(*kinds) -> str:
+    """The kind of a value computed from values of these kinds (row with column is per element)."""
+    found = set(kinds)
+    if ELEMENT in found or (ROW in found and COL in found):
+        return ELEMENT
+    for kind in (ROW, COL, UNIFORM):
+        if kind in found:
+            return kind
+    return HOST
 
 
 @dataclass(eq=False)
@@ -111,6 +128,7 @@ class State:
     name: str
     dtype: Optional[str]
     init: Expr
+    shape: str = ELEMENT  # ELEMENT, ROW, COL or SCALAR
 
 
 @dataclass(eq=False)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 from . import ast
-from .ast import ELEMENT, HOST
+from .ast import COL, ELEMENT, HOST, ROW, SCALAR, UNIFORM, join_kinds
 from .errors import SpecError
 from .parser import MAX_EXPR_DEPTH, _expr_children
 
@@ -38,6 +38,24 @@ BUILTIN_FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "fresh": ((NUM,), BOOL),
 }
 CONSTANTS = {"inf": float("inf"), "pi": 3.141592653589793}
+
+# Reductions: name -> (number of arguments, the kind of the result). `max(x)` and `min(x)` with
+# one argument reduce over the tensor; with two they are the elementwise builtins above.
+# `cosine` takes an optional third argument, eps (default 1e-8, as F.cosine_similarity).
+_PER_TENSOR = ("sum", "mean", "max", "min", "norm", "norm1", "norm_inf", "rms", "dot", "cosine")
+_SEGMENTED = ("sum", "mean", "max", "min", "norm", "rms", "dot", "cosine")
+REDUCTION_ARITY = {"dot": 2, "cosine": 2}
+REDUCTIONS: dict[str, tuple[str, str]] = {}  # name -> (base reduction, result kind)
+for _base in _PER_TENSOR:
+    REDUCTIONS[_base] = (_base, UNIFORM)
+for _base in _SEGMENTED:
+    REDUCTIONS[f"row_{_base}"] = (_base, ROW)
+    REDUCTIONS[f"col_{_base}"] = (_base, COL)
+for _base in ("sum", "norm", "max"):
+    REDUCTIONS[f"global_{_base}"] = (_base, "global")
+# Per-tensor values the update can read: shape facts (host numbers) and the step's loss.
+SHAPE_VALUES = ("numel", "ndim", "rows", "cols")
+BUILTIN_VALUES = SHAPE_VALUES + ("loss",)
 BUILTIN_TENSORS = ("param", "grad")
 READ_ONLY_REASONS = {
     "grad": "the gradient is read-only",
@@ -81,6 +99,19 @@ class CheckedSpec:
     uses_step: bool = False
     fresh_states: list[str] = field(default_factory=list)
     counts_steps: bool = True  # False after `state step = none`: no state["step"] is kept
+    host_states: list[str] = field(default_factory=list)  # scalar states computed on the host
+    uses_loss: bool = False
+
+    @property
+    def state_kinds(self) -> dict[str, str]:
+        """State name -> the kind of value it holds (a scalar state is HOST or UNIFORM)."""
+        kinds = {}
+        for s in self.spec.states:
+            if s.shape == SCALAR:
+                kinds[s.name] = HOST if s.name in self.host_states else UNIFORM
+            else:
+                kinds[s.name] = s.shape
+        return kinds
 
     @property
     def name(self) -> str:
@@ -91,9 +122,20 @@ class CheckedSpec:
         return [s.name for s in self.spec.states]
 
 
+class _DeviceScalar(Exception):
+    """A scalar state assumed host-computed is assigned a device value: check again with it on the device."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
 class _Checker:
-    def __init__(self, spec: ast.Spec):
+    def __init__(self, spec: ast.Spec, device_scalars=frozenset()):
         self.spec = spec
+        self.device_scalars = set(device_scalars)
+        self.if_depth = 0
+        self.uses_loss = False
         self.hyper_scalars: dict[str, str] = {}
         self.states = {s.name: s for s in spec.states}
         self.funcs: dict[str, ast.FuncDef] = {}
@@ -131,9 +173,11 @@ class _Checker:
 
         def claim(name, what, pos, func=None):
             reserved(name, pos, func)
+            # Reduction names stay free (torch.optim.Adagrad's state is `sum`): a call and a name
+            # never meet in the same place.
             if name in BUILTIN_FUNCTIONS:
                 raise self.error(f"{what} {name!r} shadows the builtin function {name}()", pos, func)
-            if name in CONSTANTS or name in BUILTIN_TENSORS or name == "step":
+            if name in CONSTANTS or name in BUILTIN_TENSORS or name == "step" or name in BUILTIN_VALUES:
                 raise self.error(f"{what} {name!r} shadows the builtin {name!r}", pos, func)
             if name in taken:
                 raise self.error(f"duplicate definition of {name!r} (already a {taken[name]})", pos, func)
@@ -215,7 +259,11 @@ class _Checker:
         for state in self.spec.states:
             if state.dtype is not None and state.dtype not in DTYPES:
                 raise self.error(f"unknown dtype {state.dtype!r}", state.pos)
+            if state.shape != ELEMENT and state.dtype is not None:
+                raise self.error(f"a {state.shape} state is kept in the compute dtype; drop the dtype", state.pos)
             if isinstance(state.init, ast.Name) and state.init.id == "param":
+                if state.shape != ELEMENT:
+                    raise self.error(f"a {state.shape} state cannot start as `param`; start it from a constant", state.init.pos)
                 state.init.kind, state.init.type = ELEMENT, NUM
                 continue
             scope = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
@@ -233,7 +281,13 @@ class _Checker:
     def check_body(self):
         scope: dict[str, tuple] = {n: (HOST, t) for n, t in self.hyper_scalars.items()}
         scope.update({n: (ELEMENT, NUM) for n in BUILTIN_TENSORS})
-        scope.update({s: (ELEMENT, NUM) for s in self.states})
+        for name, state in self.states.items():
+            if state.shape == SCALAR:
+                scope[name] = (UNIFORM if name in self.device_scalars else HOST, NUM)
+            else:
+                scope[name] = (state.shape, NUM)
+        scope.update({n: (HOST, NUM) for n in SHAPE_VALUES})
+        scope["loss"] = (UNIFORM, NUM)
         if self.counts_steps:
             scope["step"] = (HOST, NUM)
         self.locals_used: set[str] = set()
@@ -292,13 +346,35 @@ class _Checker:
         if value.type != NUM:
             raise self.error(f"{target} must be a number; this is a condition (use where(c, a, b))", stmt.value.pos)
         kind = value.kind
-        if target in self.states or target == "param":
+        if target in self.states and self.states[target].shape != ELEMENT:
+            kind = self.state_kind(self.states[target], value)
+        elif target in self.states or target == "param":
             kind = ELEMENT  # tensors stay tensors even when assigned a scalar
         elif target not in self.local_defs:
             self.local_defs[target] = stmt
         scope[target] = (kind, NUM)
         self.expanded[target] = self.shapes.get(value, _LEAF)._replace(depth=1)
         return ast.Assign(stmt.pos, target, value)
+
+    def state_kind(self, state: ast.State, value: ast.Expr) -> str:
+        """The kind a row, column or scalar state keeps when assigned `value`."""
+        if state.shape == SCALAR:
+            if value.kind == HOST:
+                return UNIFORM if state.name in self.device_scalars else HOST
+            if value.kind == UNIFORM:
+                if state.name not in self.device_scalars:
+                    raise _DeviceScalar(state.name)
+                return UNIFORM
+            raise self.error(
+                f"scalar state {state.name} holds one value per tensor, but this value differs per "
+                f"{'element' if value.kind == ELEMENT else value.kind}; reduce it (sum, mean, norm, ...)", value.pos)
+        if value.kind in (HOST, UNIFORM, state.shape):
+            return state.shape
+        other = {ROW: "row_", COL: "col_"}[state.shape]
+        raise self.error(
+            f"{state.shape} state {state.name} holds one value per {state.shape}, but this value differs per "
+            f"{'element' if value.kind == ELEMENT else value.kind}; reduce it with {other}sum, {other}mean, ...",
+            value.pos)
 
     def if_stmt(self, stmt: ast.If, scope):
         branches = []
@@ -325,12 +401,16 @@ class _Checker:
                 )
             inner = dict(scope)
             self.expanded = dict(before)
+            self.if_depth += 1
             branches.append((checked, self.block(body, inner)))
+            self.if_depth -= 1
             branch_scopes.append(inner)
             expanded = _merge_shapes(expanded, self.expanded)
         inner = dict(scope)
         self.expanded = dict(before)
+        self.if_depth += 1
         orelse = self.block(stmt.orelse, inner)
+        self.if_depth -= 1
         branch_scopes.append(inner)
         self.expanded = _merge_shapes(expanded, self.expanded)
         # A name is defined after the `if` only when every branch defines it.
@@ -338,7 +418,7 @@ class _Checker:
             kinds = {s[name][0] for s in branch_scopes}
             # Keep the name's type: flags (BOOL hyperparameters) stay conditions after an `if`;
             # forcing NUM here broke `if flag` following any earlier `if`.
-            scope[name] = (ELEMENT if ELEMENT in kinds else HOST, branch_scopes[0][name][1])
+            scope[name] = (join_kinds(*kinds), branch_scopes[0][name][1])
         for name in set.union(*(set(s) for s in branch_scopes)) - set(scope):
             self.maybe_defined = getattr(self, "maybe_defined", set()) | {name}
         return ast.If(stmt.pos, branches, orelse)
@@ -443,6 +523,8 @@ class _Checker:
                 return out
             if hasattr(self, "locals_used"):
                 self.locals_used.add(ident)
+            if ident == "loss":
+                self.uses_loss = True
             out.kind, out.type = kind, typ
             if ident in self.expanded:
                 self.shapes[out] = self.expanded[ident]  # the IR substitutes the assigned value here
@@ -473,6 +555,8 @@ class _Checker:
             out = ast.Call(e.pos, "fresh", [arg])
             out.kind, out.type = HOST, BOOL
             return out
+        if e.func in REDUCTIONS and not (e.func in ("max", "min") and len(e.args) == 2):
+            return self.reduction(e, scope, func, stack, allow_step)
         if e.func in BUILTIN_FUNCTIONS:
             params, result = BUILTIN_FUNCTIONS[e.func]
             if len(e.args) != len(params):
@@ -502,6 +586,35 @@ class _Checker:
         if e.func in scope or e.func in CONSTANTS:
             raise self.error(f"{e.func!r} is not a function", e.pos, func)
         raise self.error(f"unknown function {e.func!r}", e.pos, func)
+
+    def reduction(self, e: ast.Call, scope, func, stack, allow_step):
+        base, result = REDUCTIONS[e.func]
+        arity = REDUCTION_ARITY.get(base, 1)
+        if e.func in ("max", "min") and len(e.args) != 1:
+            raise self.error(f"{e.func}() takes 1 argument (the largest value of a tensor) or 2 (elementwise), "
+                             f"got {len(e.args)}", e.pos, func)
+        if not (len(e.args) == arity or (base == "cosine" and len(e.args) == 3)):
+            raise self.error(_arity_message(e.func, arity, len(e.args)) + (" (or 3: x, y, eps)" if base == "cosine" else ""),
+                             e.pos, func)
+        args = [self.expr(a, scope, func, stack, allow_step) for a in e.args]
+        for arg, node in zip(args, e.args):
+            if arg.type == BOOL:
+                raise self.error(f"{e.func}() reduces numbers; this argument is a condition", node.pos, func)
+        if base == "cosine" and len(args) == 3 and args[2].kind not in (HOST, None):
+            raise self.error("cosine()'s eps must not depend on tensor values", e.args[2].pos, func)
+        reduced = join_kinds(*(a.kind for a in args[:arity] if a.kind is not None))
+        if func is None:
+            if result in (ROW, COL, "global") and reduced != ELEMENT:
+                raise self.error(f"{e.func}() needs a value that differs per element; this one is "
+                                 f"{_kind_words(reduced)}", e.pos, func)
+            if result == UNIFORM and reduced in (HOST, UNIFORM):
+                raise self.error(f"{e.func}() has nothing to reduce: its argument is {_kind_words(reduced)}", e.pos, func)
+            if result == "global" and self.if_depth:
+                raise self.error(f"{e.func}() reduces over every parameter, so it must not sit inside an `if` "
+                                 "(compute it before the first `if`)", e.pos, func)
+        out = ast.Call(e.pos, e.func, args)
+        out.kind, out.type = (UNIFORM if result == "global" else result), NUM
+        return out
 
     def inline(self, callee: ast.FuncDef, args, stack):
         """Substitute checked arguments into the callee's body and check the result."""
@@ -581,7 +694,12 @@ def _merge_shapes(a: dict, b: dict) -> dict:
 
 
 def _join(*exprs) -> str:
-    return ELEMENT if any(x.kind == ELEMENT for x in exprs) else HOST
+    return join_kinds(*(x.kind for x in exprs))
+
+
+def _kind_words(kind) -> str:
+    return {HOST: "a host number", UNIFORM: "one value per tensor", ROW: "one value per row",
+            COL: "one value per column", ELEMENT: "per element"}[kind]
 
 
 def _type_message(op, want, got) -> str:
@@ -597,14 +715,24 @@ def _arity_message(name, want, got) -> str:
 
 def check(spec: ast.Spec) -> CheckedSpec:
     """Check a parsed spec; raise `SpecError` (located in the spec file) on the first problem."""
-    try:
-        checker = _Checker(spec)
-        checker.declare()
-        checker.check_functions()
-        checker.check_hypers()
-        checker.check_states()
-        body = checker.check_body()
+    # A scalar state lives on the host unless a device value (a reduction, `loss`) flows into it;
+    # each such discovery restarts the check on a fresh copy (declare() edits the spec).
+    device_scalars: set[str] = set()
+    original = spec
+    while True:
+        spec = copy.deepcopy(original)
+        try:
+            checker = _Checker(spec, device_scalars)
+            checker.declare()
+            checker.check_functions()
+            checker.check_hypers()
+            checker.check_states()
+            body = checker.check_body()
+        except _DeviceScalar as exc:
+            device_scalars.add(exc.name)
+            continue
+        except SpecError as exc:
+            raise exc.located(spec.path, spec.source) from None
+        host_states = [s.name for s in spec.states if s.shape == SCALAR and s.name not in device_scalars]
         return CheckedSpec(spec, body, checker.hyper_scalars, checker.conditions, checker.uses_step, checker.fresh_states,
-                           checker.counts_steps)
-    except SpecError as exc:
-        raise exc.located(spec.path, spec.source) from None
+                           checker.counts_steps, host_states, checker.uses_loss)

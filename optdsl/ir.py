@@ -22,7 +22,8 @@ from sympy.codegen.cfunctions import log1p
 from sympy.logic.boolalg import ITE
 
 from . import ast
-from .checker import CheckedSpec
+from .ast import COL, ELEMENT, HOST, ROW, UNIFORM, join_kinds
+from .checker import REDUCTIONS, SHAPE_VALUES, CheckedSpec
 from .errors import SpecError
 
 MAX_CONDITIONS = 8
@@ -35,6 +36,38 @@ class sigmoid(sympy.Function):
 
     def _eval_is_real(self):
         return self.args[0].is_real
+
+
+class Reduction(sympy.Function):
+    """One reduction: `op` ("sum", "max" or "min") of its argument over `over` ("tensor", "row",
+    "col" or "global": every parameter of the step). Other reductions (norm, mean, dot, ...) are
+    written in terms of these."""
+
+    nargs = 1
+    op = ""
+    over = ""
+
+    def _eval_is_real(self):
+        return True
+
+    @property
+    def kind(self) -> str:
+        return {"tensor": UNIFORM, "global": UNIFORM, "row": ROW, "col": COL}[self.over]
+
+
+REDUCTION_TYPES = {
+    (op, over): type(f"{over}_{op}", (Reduction,), {"op": op, "over": over})
+    for op in ("sum", "max", "min") for over in ("tensor", "row", "col", "global")
+}
+
+
+def kind_of(expr, symbol_kinds) -> str:
+    """The kind of a lowered expression (HOST for anything built only from host symbols)."""
+    if isinstance(expr, Reduction):
+        return expr.kind
+    if isinstance(expr, sympy.Symbol):
+        return symbol_kinds.get(expr, HOST)
+    return join_kinds(*(kind_of(a, symbol_kinds) for a in expr.args)) if expr.args else HOST
 
 
 def element_symbol(name: str) -> sympy.Symbol:
@@ -65,6 +98,7 @@ class Variant:
     key: tuple[bool, ...]
     outputs: dict[str, sympy.Expr]  # "param" and each assigned state -> new value
     local_names: list[tuple[str, sympy.Expr]]  # spec names bound along the way (for readable code)
+    global_reductions: list = field(default_factory=list)  # Reduction nodes over every parameter
 
     @property
     def reads(self) -> list[str]:
@@ -80,6 +114,19 @@ class LoweredSpec:
     element_symbols: frozenset
     conditions: list[sympy.Basic]  # each `if` condition as a host expression
     variants: list[Variant] = field(default_factory=list)
+    symbol_kinds: dict = field(default_factory=dict)  # every non-host symbol -> its kind
+
+    @property
+    def device_symbols(self) -> frozenset:
+        """Symbols whose values live on the device (never hoisted to the host)."""
+        return frozenset(self.symbol_kinds)
+
+    @property
+    def staged(self) -> bool:
+        """Whether the step needs more than one elementwise kernel: a reduction, `loss`, or a
+        row, column or per-tensor state."""
+        return bool(set(self.symbol_kinds.values()) - {ELEMENT}) or any(
+            any(e.has(Reduction) for e in v.outputs.values()) for v in self.variants)
 
 
 class _Lowering:
@@ -88,11 +135,23 @@ class _Lowering:
         self.cond_index = {id(c): i for i, c in enumerate(checked.conditions)}
         self.conditions: dict[int, sympy.Basic] = {}
         self.base_env: dict[str, sympy.Basic] = {}
+        self.symbol_kinds: dict[sympy.Symbol, str] = {}
         for name, typ in checked.hyper_scalars.items():
             self.base_env[name] = host_symbol(name, typ == "bool")
+        state_kinds = checked.state_kinds
         for name in ("param", "grad", *checked.state_names):
-            self.base_env[name] = element_symbol(name)
+            kind = state_kinds.get(name, ELEMENT)
+            if kind == HOST:
+                self.base_env[name] = host_symbol(name)
+            else:
+                self.base_env[name] = element_symbol(name)
+                self.symbol_kinds[self.base_env[name]] = kind
         self.base_env["step"] = host_symbol("step")
+        for name in SHAPE_VALUES:
+            self.base_env[name] = host_symbol(name)
+        self.base_env["loss"] = element_symbol("loss")
+        self.symbol_kinds[self.base_env["loss"]] = UNIFORM
+        self.global_calls: dict[sympy.Basic, ast.Call] = {}  # lowered global reduction -> its call
 
     def lower_variant(self, key) -> Variant:
         env = dict(self.base_env)
@@ -100,7 +159,9 @@ class _Lowering:
         names: list[tuple[str, sympy.Expr]] = []
         self.block(self.checked.body, env, key, assigned, names)
         outputs = {name: env[name] for name in ["param"] + self.checked.state_names if name in assigned}
-        return Variant(tuple(key), outputs, names)
+        found = {node for e in outputs.values() for node in sympy.preorder_traversal(e)
+                 if isinstance(node, Reduction) and node.over == "global"}
+        return Variant(tuple(key), outputs, names, sorted(found, key=sympy.default_sort_key))
 
     def block(self, statements, env, key, assigned, names):
         for stmt in statements:
@@ -166,8 +227,46 @@ class _Lowering:
             if e.func == "fresh":
                 return host_symbol(f"fresh_{e.args[0].id}", is_flag=True)
             args = [self.expr(a, env) for a in e.args]
+            if e.func in REDUCTIONS and not (e.func in ("max", "min") and len(args) == 2):
+                return self.reduction(e, args)
             return _BUILTINS[e.func](*args)
         raise TypeError(f"cannot lower {e!r}")
+
+
+    def reduction(self, e: ast.Call, args):
+        base, result = REDUCTIONS[e.func]
+        over = {UNIFORM: "tensor", ROW: "row", COL: "col", "global": "global"}[result]
+        total, largest, smallest = (REDUCTION_TYPES[op, over] for op in ("sum", "max", "min"))
+        x = args[0]
+        # Values counted by mean/rms: those of the reduced argument along the reduced axis.
+        reduced_kind = join_kinds(*(a.kind for a in e.args[:2]))
+        count = {"row": self.base_env["cols"], "col": self.base_env["rows"]}.get(over) or {
+            ELEMENT: self.base_env["numel"], ROW: self.base_env["rows"], COL: self.base_env["cols"]}[reduced_kind]
+        if base == "cosine":
+            eps = args[2] if len(args) == 3 else sympy.Float(1e-8)
+            y = args[1]
+            return total(x * y) / (sympy.Max(sympy.sqrt(total(x**2)), eps) * sympy.Max(sympy.sqrt(total(y**2)), eps))
+        value = {
+            "sum": lambda: total(x),
+            "mean": lambda: total(x) / count,
+            "max": lambda: largest(x),
+            "min": lambda: smallest(x),
+            "norm": lambda: sympy.sqrt(total(x**2)),
+            "norm1": lambda: total(sympy.Abs(x)),
+            "norm_inf": lambda: largest(sympy.Abs(x)),
+            "rms": lambda: sympy.sqrt(total(x**2) / count),
+            "dot": lambda: total(x * args[1]),
+        }[base]()
+        if over == "global":
+            for node in sympy.preorder_traversal(value):
+                if isinstance(node, Reduction) and node.over == "global":
+                    if node.args[0].has(Reduction) or kind_of(node.args[0], self.symbol_kinds) != ELEMENT or \
+                            node.args[0].has(self.base_env["loss"]):
+                        raise SpecError(f"{e.func}()'s argument must be computed from per-element values and "
+                                        "hyperparameters only (no other reduction, no `loss`, no row/column/scalar "
+                                        "state)", e.pos)
+                    self.global_calls.setdefault(node, e)
+        return value
 
 
 def _clamp(x, lo, hi):
@@ -228,8 +327,21 @@ def lower(checked: CheckedSpec) -> LoweredSpec:
     lowering = _Lowering(checked)
     try:
         variants = [lowering.lower_variant(key) for key in itertools.product((True, False), repeat=n)]
+        _check_global_calls(lowering.global_calls)
     except SpecError as exc:
         raise exc.located(checked.spec.path, checked.spec.source) from None
-    element = frozenset(element_symbol(n) for n in ("param", "grad", *checked.state_names))
+    element = frozenset(s for s, kind in lowering.symbol_kinds.items() if kind == ELEMENT)
     conditions = [lowering.conditions.get(i, sympy.false) for i in range(n)]
-    return LoweredSpec(checked, element, conditions, variants)
+    return LoweredSpec(checked, element, conditions, variants, lowering.symbol_kinds)
+
+
+def _check_global_calls(global_calls):
+    """A global reduction is computed for every parameter before any update, so its argument must
+    be the same whichever `if` branches a parameter's group takes."""
+    by_call: dict = {}
+    for node, call in global_calls.items():
+        by_call.setdefault(id(call), (call, set()))[1].add(node)
+    for call, nodes in by_call.values():
+        if len(nodes) > 1:
+            raise SpecError(f"{call.func}()'s argument depends on an `if` (it differs between kernel variants); "
+                            "global reductions are computed before any `if` is taken", call.pos)

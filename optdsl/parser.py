@@ -154,11 +154,15 @@ class _ToAst(Transformer_NonRecursive):
         return -value if neg is not None else value
 
     def state_decl(self, children):
-        name, dtype, init = children
-        return ast.State(_pos(name), str(name), dtype, init)
+        name, state_type, init = children
+        shape, dtype = state_type if state_type is not None else (ast.ELEMENT, None)
+        return ast.State(_pos(name), str(name), dtype, init, shape)
 
-    def dtype(self, children):
-        return str(children[0])
+    def state_type(self, children):
+        if len(children) == 1 and children[0].type == "DTYPE":
+            return ast.ELEMENT, str(children[0])
+        shape, dtype = children
+        return str(shape), (str(dtype) if dtype is not None else None)
 
     def func_decl(self, children):
         name, *rest = children
@@ -410,6 +414,7 @@ _COMMENT_OR_SPACE = re.compile(r"(\s+|#[^\n]*)*\Z")
 _EXPECTED_NAMES = {
     "NAME": "a name", "NUMBER": "a number", "NEG": "'-'", "STRING": 'a quoted path like "file.opt"',
     "DOCSTRING": 'a """docstring"""', "DTYPE": "a dtype (float16, bfloat16, float32 or float64)",
+    "SHAPE": "a state shape (row, col or scalar)",
     "COMPARE_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*' or '/'", "POW_OP": "'^'",
     "UNARY_OP": "'-'", "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
     "EQUAL": "'='", "COLON": "':'",

@@ -79,7 +79,7 @@ def test_wrong_arity_of_a_builtin(tmp_path, capsys):
         buf = max(buf, grad, 0)
         param = param - lr * buf
     """)
-    assert_error(tmp_path, capsys, text, 6, 11, "max() takes 2 arguments, got 3")
+    assert_error(tmp_path, capsys, text, 6, 11, "max() takes 1 argument (the largest value of a tensor) or 2 (elementwise), got 3")
 
 
 def test_wrong_arity_of_a_user_function(tmp_path, capsys):
