@@ -35,6 +35,13 @@ class OptimInfo:
     tolerance: dict = field(default_factory=lambda: dict(TOLERANCE))
     shapes: tuple = ((7, 13), (129,), ())
     notes: str = ""
+    # For specs that read `loss`: loss_fn(params, step, seed) -> 0-dim loss tensor (with autograd
+    # graph). lockstep then takes each step's gradients from loss.backward() instead of make_grads
+    # and passes the loss to both optimizers (see lockstep's loss_via). None: the spec ignores it.
+    loss_fn: Optional[Callable] = None
+    # True when a step's result depends on other parameters (global_* reductions): such a spec
+    # cannot be checked by running one oracle per parameter subset.
+    global_reduction: bool = False
 
     @property
     def generated(self):
@@ -53,6 +60,48 @@ def make_params(shapes, dtype, seed=0, device="cpu"):
 def make_grads(params, step, seed=0):
     gen = torch.Generator().manual_seed(10_000 + seed * 1000 + step)
     return [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype).to(p.device) for p in params]
+
+
+def least_squares_loss(params, step, seed=0, rows=4):
+    """A deterministic stochastic least-squares loss with minimum 0 (an interpolating problem):
+    for each parameter x (flattened, n entries) a fixed target x* (from the seed) and a fresh
+    rows x n matrix A_step (from seed and step); loss = sum over params of ||A (x - x*)||^2 / (2 rows).
+    Every minibatch loss is >= 0 = f_star, as the Polyak step sizes require. The loss is computed
+    in float64 and returned in the first parameter's dtype."""
+    total = None
+    for i, p in enumerate(params):
+        n = p.numel()
+        target_gen = torch.Generator().manual_seed(20_000 + seed * 1000 + i)
+        batch_gen = torch.Generator().manual_seed(30_000 + seed * 100_000 + step * 100 + i)
+        target = torch.randn(n, generator=target_gen, dtype=torch.float64).to(p.device)
+        a = torch.randn(rows, n, generator=batch_gen, dtype=torch.float64).to(p.device)
+        residual = a @ (p.reshape(-1).double() - target)
+        term = residual.square().sum() / (2 * rows)
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros(())
+    return total.to(params[0].dtype)
+
+
+def _loss_step(opt, params, loss_fn, step, seed, loss_via):
+    """One step of a loss-dependent optimizer: gradients from loss_fn by autograd, the loss given
+    through step(closure) (the closure recomputes loss and grads, as torch closures do) or
+    step(loss=...) after a separate backward."""
+
+    def closure():
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            loss = loss_fn(params, step, seed)
+            loss.backward()
+        return loss.detach()
+
+    if loss_via == "closure":
+        return opt.step(closure)
+    if loss_via == "loss":
+        loss = closure()
+        return opt.step(loss=loss)
+    raise ValueError(f"loss_via must be 'closure' or 'loss', not {loss_via!r}")
 
 
 # A tensor whose values all sit near zero (a 0-dim moment crossing zero) is compared against this
@@ -75,22 +124,32 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return diff / max(scale, SCALE_FLOOR) if diff else 0.0
 
 
-def lockstep(make_a, make_b, shapes, dtype, steps, state_map, seed=0, on_step=None, resync=False):
+def lockstep(make_a, make_b, shapes, dtype, steps, state_map, seed=0, on_step=None, resync=False, loss_fn=None,
+             loss_via="closure"):
     """Step two optimizers on identical params and grads; return the worst relative error seen
     over all steps, for params and each mapped state.
 
     resync: after each comparison copy b's params and state into a, so every step starts from
     identical values and the error is one step's rounding (for bf16/fp16, where a one-ulp
-    difference would otherwise compound)."""
+    difference would otherwise compound).
+
+    loss_fn: for optimizers that read the loss (OptimInfo.loss_fn, e.g. least_squares_loss): each
+    optimizer's grads come from loss_fn(its params, step, seed).backward() and the loss is passed
+    via step(closure) (loss_via="closure") or step(loss=...) (loss_via="loss"). Both sides start
+    from identical params, so they see the same loss and grads up to their own rounding."""
     params_a = make_params(shapes, dtype, seed)
     params_b = make_params(shapes, dtype, seed)
     opt_a, opt_b = make_a(params_a), make_b(params_b)
     worst: dict[str, float] = {}
     for step in range(1, steps + 1):
-        for pa, pb, g in zip(params_a, params_b, make_grads(params_a, step, seed)):
-            pa.grad, pb.grad = g.clone(), g.clone()
-        opt_a.step()
-        opt_b.step()
+        if loss_fn is not None:
+            _loss_step(opt_a, params_a, loss_fn, step, seed, loss_via)
+            _loss_step(opt_b, params_b, loss_fn, step, seed, loss_via)
+        else:
+            for pa, pb, g in zip(params_a, params_b, make_grads(params_a, step, seed)):
+                pa.grad, pb.grad = g.clone(), g.clone()
+            opt_a.step()
+            opt_b.step()
         for i, (pa, pb) in enumerate(zip(params_a, params_b)):
             worst["param"] = max(worst.get("param", 0.0), rel_error(pa, pb))
             sa, sb = opt_a.state[pa], opt_b.state[pb]
