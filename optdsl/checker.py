@@ -70,6 +70,7 @@ LANGUAGE_KEYWORDS = frozenset({
 RESERVED_NAMES = frozenset(keyword.kwlist) | LANGUAGE_KEYWORDS | {
     "math", "os", "torch", "triton", "tl", "self", "state", "group", "h", "True", "False", "None",
     "offsets", "mask", "n_elements", "BLOCK_SIZE", "compute_dtype",
+    "pid", "row_index", "col_index", "n_rows", "n_cols", "partials", "temps", "inputs", "grid",
 }
 
 # After user functions are inlined and earlier assignments substituted (as the IR does), one

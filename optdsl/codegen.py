@@ -13,7 +13,8 @@ import sympy
 
 from . import __version__, ast
 from .ast import ELEMENT, HOST
-from .checker import CheckedSpec
+from .ast import COL, ROW, UNIFORM
+from .checker import SHAPE_VALUES, CheckedSpec
 from .errors import SpecError
 from .plan import KernelPlan, Plan
 from .printers import HOST_HELPERS, HOST_HELPER_DEPENDENCIES, TRITON_HELPERS, HostPrinter, ReferencePrinter, TritonPrinter, float_literal
@@ -107,7 +108,15 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
     prefix = f"_{snake_case(spec.name)}"
     triton_printer = TritonPrinter()
     host_printer = HostPrinter()
-    ref_printer = ReferencePrinter()
+    staged = dict(staged_variants=[], global_view=None)
+    global_texts = {}
+    if plan.staged:
+        from .printers import TorchPrinter
+
+        staged = staged_views(plan, prefix, triton_printer, host_printer)
+        printer = TorchPrinter({r.symbol for r in plan.global_reductions})
+        global_texts = {key: printer.doprint(value) for key, value in plan.global_values.items()}
+    ref_printer = ReferencePrinter(global_texts)
 
     kernels = []
     for plan_kernel in plan.kernels:
@@ -127,7 +136,18 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         ))
 
     variant_rows = []
-    for key in (k for kernel in plan.kernels for k in kernel.keys):
+    for view in staged["staged_variants"]:
+        plan_staged = view["staged"]
+        used = set(plan_staged.final.tensors) | {g for g, _ in plan_staged.final.gathers} | set(plan_staged.final.uniforms)
+        for kind, item in plan_staged.passes:
+            if kind == "kernel":
+                used |= set(item.loads) | {g for g, _ in item.gathers} | set(item.uniforms)
+        used |= set(view["state_locals"]) | set(plan_staged.device_outputs) | set(plan_staged.host_outputs)
+        writes = list(plan_staged.final.stores) + list(plan_staged.device_outputs) + list(plan_staged.host_outputs)
+        for key in plan_staged.keys:
+            touched = [s for s in checked.state_names if s in used or s in _state_reads(checked, key)]
+            variant_rows.append((key, view["launcher_name"], touched, writes))
+    for key in (k for kernel in plan.kernels for k in kernel.keys if not plan.staged):
         kernel = next(v for v in kernels if tuple(key) in v.plan.keys)
         # The reference runs the spec as written, so it also reads states the IR simplified away.
         read = _state_reads(checked, key)
@@ -142,6 +162,8 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
 
     reference_lines = _reference_body(checked, ref_printer)
     reference_inputs = [n for n in _host_order(checked) if re.search(rf"\b{n}\b", "\n".join(reference_lines))]
+    device_inputs = ["loss"] + [str(r.symbol) for r in plan.global_reductions]
+    reference_device_inputs = [n for n in device_inputs if re.search(rf"\b{n}\b", "\n".join(reference_lines))]
 
     hypers = []
     for hyper in spec.hypers:
@@ -158,8 +180,19 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         ))
 
     states = []
+    state_kinds = checked.state_kinds
     for state in spec.states:
         dtype = TORCH_DTYPES[state.dtype] if state.dtype else None
+        if state.shape != ELEMENT:
+            value = ref_printer.expr(state.init)
+            if state_kinds[state.name] == HOST:  # kept on the CPU, as torch keeps `step`
+                init = f"torch.tensor({value}, dtype=_scalar_dtype())"
+            else:
+                shape = {"row": "_row_shape(param)", "col": "_col_shape(param)", "scalar": "()"}[state.shape]
+                init = f"torch.full({shape}, {value}, dtype=param.dtype, device=param.device)"
+            init_inputs = [n for n in checked.hyper_scalars if re.search(rf"\b{n}\b", init)]
+            states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=None))
+            continue
         if isinstance(state.init, ast.Name) and state.init.id == "param":
             init = "param.detach().clone(memory_format=torch.preserve_format)"
             if dtype:
@@ -216,8 +249,13 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         condition_inputs=condition_inputs,
         reference_lines=reference_lines,
         reference_inputs=reference_inputs,
-        reference_states=checked.state_names,
-        assigned=["param"] + [s for s in checked.state_names if any(s in k.plan.stores for k in kernels)],
+        reference_states=[s for s in checked.state_names if s not in checked.host_states],
+        reference_device_inputs=reference_device_inputs,
+        assigned=["param"] + [s for s in checked.state_names if any(s in row[3] for row in variant_rows)],
+        staged=bool(plan.staged),
+        uses_loss=checked.uses_loss,
+        host_states=checked.host_states,
+        **staged,
         triton_helpers=triton_helpers,
         host_helpers=host_helpers,
     )
@@ -261,7 +299,8 @@ def _tuple_literal(items, quote=True) -> str:
 
 
 def _host_order(checked: CheckedSpec) -> list[str]:
-    return list(checked.hyper_scalars) + ["step"] + [f"fresh_{s}" for s in checked.fresh_states]
+    return (list(checked.hyper_scalars) + ["step"] + [f"fresh_{s}" for s in checked.fresh_states]
+            + list(checked.host_states) + list(SHAPE_VALUES))
 
 
 def _default_literal(value) -> str:
@@ -279,6 +318,7 @@ def _reference_body(checked: CheckedSpec, printer: ReferencePrinter) -> list[str
     assigned a host value, and a local that is a host value on one path of an `if` but a tensor on
     another, are broadcast with `torch.full_like(grad, ...)`."""
     tensors = {"param", *checked.state_names}
+    state_kinds = checked.state_kinds
 
     def emit(statements, depth, kinds) -> list[str]:
         indent = "    " * depth
@@ -286,8 +326,11 @@ def _reference_body(checked: CheckedSpec, printer: ReferencePrinter) -> list[str
         for stmt in statements:
             if isinstance(stmt, ast.Assign):
                 value = printer.expr(stmt.value)
-                if stmt.target in tensors and stmt.value.kind != ELEMENT:
-                    value = f"torch.full_like(grad, {value})"
+                shape = state_kinds.get(stmt.target, ELEMENT)
+                if stmt.target in tensors and stmt.value.kind == HOST and shape != HOST:
+                    value = f"torch.full_like({'grad' if shape == ELEMENT else stmt.target}, {value})"
+                elif stmt.target in tensors and shape == ELEMENT and stmt.value.kind != ELEMENT:
+                    value = f"({value}).expand_as(grad)" if stmt.value.kind != HOST else value
                 kinds[stmt.target] = ELEMENT if stmt.target in tensors else stmt.value.kind
                 lines.append(f"{indent}{stmt.target} = {value}")
                 continue
@@ -316,3 +359,170 @@ def _reference_body(checked: CheckedSpec, printer: ReferencePrinter) -> list[str
     kinds = {name: HOST for name in _host_order(checked)}
     kinds.update({name: ELEMENT for name in ("param", "grad", *checked.state_names)})
     return emit(checked.body, 1, kinds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Staged steps (reductions, row/column/scalar state, `loss`).
+
+_PARTIAL_FINISH = {"sum": "sum", "max": "amax", "min": "amin"}
+_BLOCK_REDUCE = {"sum": ("tl.sum", "0.0"), "max": ("tl.max", "float('-inf')"), "min": ("tl.min", "float('inf')")}
+
+
+@dataclass
+class StagedKernelView:
+    name: str
+    pointers: list[str]  # kernel parameters without the _ptr suffix, in order
+    pointer_values: list[str]  # what the launcher passes for each
+    scalar_args: list[str]
+    loads: list[str]
+    gathers: list[tuple[str, str]]
+    uniforms: list[str]
+    body: list[tuple[str, str]]
+    writes: list[str]  # final lines: stores of outputs, or of block reductions
+    partials: int
+    temps: int
+    uses_rows: bool
+    uses_cols: bool
+
+
+def _staged_kernel(block: KernelPlan, name: str, triton_printer, checked, state_pointer) -> StagedKernelView:
+    per_element = {sympy.Symbol(t, real=True) for t in block.loads} | {sym for sym, _ in block.body}
+    per_element |= {sympy.Symbol(g, real=True) for g, _ in block.gathers}
+    body = [(str(sym), triton_printer.doprint(expr)) for sym, expr in block.body]
+    pointers = list(dict.fromkeys(block.loads + block.stores)) + [g for g, _ in block.gathers] + list(block.uniforms)
+    values = [state_pointer(p) for p in pointers]
+    writes = []
+    partials = temps = 0
+    if block.reductions:
+        pointers_extra = []
+        count = sum(1 for r in block.reductions if r.over in ("tensor", "global"))
+        for step in block.reductions:
+            value = block.outputs[step.symbol.name]
+            text = triton_printer.doprint(value)
+            if step.over in ("tensor", "global"):
+                reduce, neutral = _BLOCK_REDUCE[step.op]
+                writes.append(f"tl.store(partials_ptr + pid * {count} + {partials}, "
+                              f"{reduce}(tl.where(mask, {text}, {neutral}), axis=0))")
+                partials += 1
+            else:
+                writes.append(f"tl.store(temps_ptr + {temps} * n_elements + offsets, {text}, mask=mask)")
+                temps += 1
+        if partials:
+            pointers_extra.append(("partials", "partials"))
+        if temps:
+            pointers_extra.append(("temps", "temps"))
+        pointers += [p for p, _ in pointers_extra]
+        values += [v for _, v in pointers_extra]
+    else:
+        for tensor, value in block.outputs.items():
+            text = triton_printer.doprint(value)
+            if not value.free_symbols & per_element:  # one value per tensor, stored into every element
+                text = f"{text} + tl.zeros((BLOCK_SIZE,), tl.float32)"
+            writes.append(f"tl.store({tensor}_ptr + offsets, ({text}).to({tensor}_ptr.dtype.element_ty), mask=mask)")
+    return StagedKernelView(
+        name, pointers, values, list(block.scalar_args), list(block.loads), list(block.gathers), list(block.uniforms),
+        body, writes, partials, temps,
+        any(kind == "row" for _, kind in block.gathers), any(kind == "col" for _, kind in block.gathers),
+    )
+
+
+def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
+    """Kernels and launcher lines of every staged variant, and of the global pass."""
+    from .printers import TorchPrinter
+
+    checked = plan.lowered.checked
+    state_kinds = checked.state_kinds
+
+    def state_pointer(name):
+        if name in ("param", "grad"):
+            return name
+        if name in state_kinds and state_kinds[name] == ELEMENT:
+            return f'state["{name}"]'
+        return name  # a local of the launcher: row/col/scalar state, reduction, loss, global value
+
+    def launcher_inputs(blocks, host_defs):
+        defined = {str(sym) for sym, _ in host_defs}
+        needed = set()
+        for block in blocks:
+            needed |= set(block.host_inputs) | (set(block.scalar_args) - defined)
+        order = _host_order(checked)
+        return sorted(needed, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+    views = []
+    for staged in plan.staged:
+        suffix = f"_{staged.suffix}" if staged.suffix else ""
+        device = set(plan.lowered.symbol_kinds) | {r.symbol for r in staged.reductions} | \
+            {r.symbol for r in plan.global_reductions}
+        torch_printer = TorchPrinter(device)
+        kernels, lines = [], []
+        blocks = [b for kind, b in staged.passes if kind == "kernel"] + [staged.final, staged.torch_block]
+        host_defs = [d for b in blocks for d in b.host_defs]
+        level = 0
+        for kind, item in staged.passes:
+            if kind == "kernel":
+                level += 1
+                view = _staged_kernel(item, f"{prefix}_reduce{level}_kernel{suffix}", triton_printer, checked, state_pointer)
+                kernels.append(view)
+                if view.partials:
+                    lines.append(f"partials = torch.empty((grid[0], {view.partials}), device=param.device, dtype=torch.float32)")
+                if view.temps:
+                    lines.append(f"temps = torch.empty(({view.temps}, n_elements), device=param.device, dtype=torch.float32)")
+                lines += _launch_lines(view)
+                p = t = 0
+                for step in item.reductions:
+                    finish = _PARTIAL_FINISH[step.op]
+                    if step.over == "tensor":
+                        lines.append(f"{step.symbol} = partials[:, {p}].{finish}()")
+                        p += 1
+                    else:
+                        axis, shape = (1, "_row_shape(param)") if step.over == "row" else (0, "_col_shape(param)")
+                        lines.append(f"{step.symbol} = temps[{t}].view(n_rows, n_cols).{finish}({axis}).view({shape})")
+                        t += 1
+            else:
+                value = torch_printer.doprint(staged.torch_block.outputs[f"_reduce_{item.symbol}"])
+                finish = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin"}[item.op]
+                lines.append(f"{item.symbol} = {finish}({value})")
+        final = _staged_kernel(staged.final, f"{prefix}_kernel{suffix}", triton_printer, checked, state_pointer)
+        kernels.append(final)
+        lines += _launch_lines(final)
+        # Row, column and scalar states last: every kernel above read their old values.
+        new_values = [(name, torch_printer.doprint(staged.torch_block.outputs[f"_new_{name}"])) for name in staged.device_outputs]
+        lines += [f"new_{name} = {value}" for name, value in new_values]
+        lines += [f'state["{name}"].copy_(new_{name})' for name, _ in new_values]
+        for name in staged.host_outputs:
+            lines.append(f'state["{name}"].fill_({host_printer.doprint(staged.torch_block.outputs[f"_host_{name}"])})')
+        device_states = [s for s in checked.state_names if state_kinds[s] in (ROW, COL, UNIFORM)]
+        used = "\n".join(lines + [v for k in kernels for v in k.pointer_values])
+        state_locals = [s for s in device_states if re.search(rf"\b{s}\b", used)]
+        views.append(dict(
+            staged=staged, launcher_name=f"{prefix}_launch{suffix}", kernels=kernels,
+            host_inputs=launcher_inputs(blocks, host_defs),
+            host_defs=[(str(sym), host_printer.doprint(expr)) for sym, expr in host_defs],
+            state_locals=state_locals,
+            uses_loss=bool(re.search(r"\bloss\b", used)),
+            globals=[str(r.symbol) for r in plan.global_reductions if re.search(rf"\b{r.symbol}\b", used)],
+            lines=lines,
+        ))
+    global_view = None
+    if plan.global_pass is not None:
+        block = plan.global_pass
+        kernel = _staged_kernel(block, f"{prefix}_global_kernel", triton_printer, checked, state_pointer)
+        torch_printer = TorchPrinter(set(plan.lowered.symbol_kinds))
+        reference = [(str(sym), torch_printer.doprint(expr)) for sym, expr in block.body]
+        finishes = []
+        for index, step in enumerate(block.reductions):
+            finish = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin"}[step.op]
+            finishes.append((str(step.symbol), step.op, _PARTIAL_FINISH[step.op],
+                             f"{finish}({torch_printer.doprint(block.outputs[step.symbol.name])})"))
+        global_view = dict(
+            kernel=kernel, host_inputs=launcher_inputs([block], block.host_defs),
+            host_defs=[(str(sym), host_printer.doprint(expr)) for sym, expr in block.host_defs],
+            reference_body=reference, finishes=finishes,
+            state_locals=[s for s in checked.state_names if state_kinds[s] != ELEMENT and s in kernel.pointer_values],
+        )
+    return dict(staged_variants=views, global_view=global_view)
+
+
+def _launch_lines(view: StagedKernelView) -> list[str]:
+    args = ", ".join(view.pointer_values + view.scalar_args)
+    return [f"{view.name}[grid]({args}, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)"]

@@ -115,6 +115,7 @@ class LoweredSpec:
     conditions: list[sympy.Basic]  # each `if` condition as a host expression
     variants: list[Variant] = field(default_factory=list)
     symbol_kinds: dict = field(default_factory=dict)  # every non-host symbol -> its kind
+    global_values: dict = field(default_factory=dict)  # id(global reduction call) -> lowered value
 
     @property
     def device_symbols(self) -> frozenset:
@@ -125,7 +126,8 @@ class LoweredSpec:
     def staged(self) -> bool:
         """Whether the step needs more than one elementwise kernel: a reduction, `loss`, or a
         row, column or per-tensor state."""
-        return bool(set(self.symbol_kinds.values()) - {ELEMENT}) or any(
+        kinds = {kind for symbol, kind in self.symbol_kinds.items() if symbol.name != "loss"}
+        return bool(kinds - {ELEMENT}) or self.checked.uses_loss or bool(self.checked.host_states) or any(
             any(e.has(Reduction) for e in v.outputs.values()) for v in self.variants)
 
 
@@ -152,6 +154,7 @@ class _Lowering:
         self.base_env["loss"] = element_symbol("loss")
         self.symbol_kinds[self.base_env["loss"]] = UNIFORM
         self.global_calls: dict[sympy.Basic, ast.Call] = {}  # lowered global reduction -> its call
+        self.global_values: dict[int, sympy.Expr] = {}  # id(global call) -> its lowered value
 
     def lower_variant(self, key) -> Variant:
         env = dict(self.base_env)
@@ -266,6 +269,7 @@ class _Lowering:
                                         "hyperparameters only (no other reduction, no `loss`, no row/column/scalar "
                                         "state)", e.pos)
                     self.global_calls.setdefault(node, e)
+            self.global_values[id(e)] = value
         return value
 
 
@@ -332,7 +336,7 @@ def lower(checked: CheckedSpec) -> LoweredSpec:
         raise exc.located(checked.spec.path, checked.spec.source) from None
     element = frozenset(s for s, kind in lowering.symbol_kinds.items() if kind == ELEMENT)
     conditions = [lowering.conditions.get(i, sympy.false) for i in range(n)]
-    return LoweredSpec(checked, element, conditions, variants, lowering.symbol_kinds)
+    return LoweredSpec(checked, element, conditions, variants, lowering.symbol_kinds, lowering.global_values)
 
 
 def _check_global_calls(global_calls):

@@ -15,10 +15,13 @@ from __future__ import annotations
 import builtins
 import keyword
 from dataclasses import dataclass, field
+from typing import Optional
 
 import sympy
 
-from .ir import LoweredSpec, Variant
+from .ast import COL, ELEMENT, HOST, ROW, UNIFORM
+from .checker import SHAPE_VALUES
+from .ir import LoweredSpec, Reduction, Variant, kind_of
 
 
 @dataclass
@@ -32,6 +35,10 @@ class KernelPlan:
     scalar_args: list[str]  # scalars the kernel takes
     body: list[tuple[sympy.Symbol, sympy.Expr]]  # per-element temporaries, in order
     outputs: dict[str, sympy.Expr]  # stored tensor -> value
+    # Staged steps only: values read per row / per column (gathered), once per program (uniform).
+    gathers: list[tuple[str, str]] = field(default_factory=list)  # (name, ROW or COL)
+    uniforms: list[str] = field(default_factory=list)
+    reductions: list = field(default_factory=list)  # a reduce kernel's ReductionStep per output
 
     @property
     def tensors(self) -> list[str]:
@@ -39,9 +46,49 @@ class KernelPlan:
 
 
 @dataclass
+class ReductionStep:
+    """One primitive reduction of a staged step: `op` of `arg` over `over`, bound to `symbol`."""
+
+    symbol: sympy.Symbol
+    op: str  # "sum", "max", "min"
+    over: str  # "tensor", "row", "col", "global"
+    arg: sympy.Expr
+    arg_kind: str
+    level: int = 0
+
+    @property
+    def kind(self) -> str:
+        return {"row": ROW, "col": COL}.get(self.over, UNIFORM)
+
+    @property
+    def in_kernel(self) -> bool:
+        """Reduced by a Triton kernel (the argument differs per element), else by torch."""
+        return self.arg_kind == ELEMENT
+
+
+@dataclass
+class StagedPlan:
+    """A step with reductions: reduce passes, then one elementwise kernel, then the row, column and
+    scalar states (torch on small tensors) and the host scalar states."""
+
+    suffix: str
+    keys: list[tuple[bool, ...]]
+    passes: list  # ("kernel", KernelPlan) or ("torch", ReductionStep), in order
+    torch_block: KernelPlan  # host defs and values for the "torch" passes and device outputs
+    final: KernelPlan
+    device_outputs: dict[str, sympy.Expr]  # row/col/device scalar state -> new value (torch)
+    host_outputs: dict[str, sympy.Expr]  # host scalar state -> new value
+    reductions: list[ReductionStep] = field(default_factory=list)
+
+
+@dataclass
 class Plan:
     lowered: LoweredSpec
     kernels: list[KernelPlan] = field(default_factory=list)
+    staged: list[StagedPlan] = field(default_factory=list)
+    global_pass: Optional[KernelPlan] = None  # contributions of one tensor to every global reduction
+    global_reductions: list[ReductionStep] = field(default_factory=list)
+    global_values: dict = field(default_factory=dict)  # id(global call in the AST) -> its value
 
     def kernel_for(self, key) -> KernelPlan:
         return next(k for k in self.kernels if tuple(key) in k.keys)
@@ -162,17 +209,30 @@ def _cse(defs, exprs: dict, names: _Names, prefix: str):
     return _toposort(new_defs), dict(zip(keys, reduced[len(defs):]))
 
 
+def _host_names(checked) -> set[str]:
+    return (set(checked.hyper_scalars) | {"step"} | {f"fresh_{s}" for s in checked.fresh_states}
+            | set(SHAPE_VALUES) | set(checked.host_states))
+
+
 def plan_variant(lowered: LoweredSpec, variant: Variant) -> KernelPlan:
-    element = lowered.element_symbols
+    checked = lowered.checked
+    names = _Names(set(["param", "grad", *checked.state_names]) | _host_names(checked))
+    return _plan_block(lowered, variant.key, variant.outputs, variant.local_names, names,
+                       lowered.element_symbols, {})
+
+
+def _plan_block(lowered: LoweredSpec, key, exprs: dict, local_names, names: "_Names", device, kinds) -> KernelPlan:
+    """Hoist, name and CSE one block of values computed per element (or, for staged steps, per
+    row, column or tensor); `device` holds every symbol whose value is not a host number."""
+    element = frozenset(device)
     checked = lowered.checked
     tensor_names = ["param", "grad", *checked.state_names]
     hoist = _Hoister(element)
-    outputs = {name: hoist(expr) for name, expr in variant.outputs.items()}
+    outputs = {name: hoist(expr) for name, expr in exprs.items()}
 
-    host_names = set(checked.hyper_scalars) | {"step"} | {f"fresh_{s}" for s in checked.fresh_states}
-    names = _Names(set(tensor_names) | host_names)
-    element_locals = [(n, hoist(v)) for n, v in variant.local_names if not _is_host(v, element)]
-    host_locals = [(n, v) for n, v in variant.local_names if _is_host(v, element)]
+    host_names = _host_names(checked)
+    element_locals = [(n, hoist(v)) for n, v in local_names if not _is_host(v, element)]
+    host_locals = [(n, v) for n, v in local_names if _is_host(v, element)]
 
     # Host side: hoisted scalars, named after the spec where the spec named them.
     hoisted = {sym: expr for expr, sym in hoist.defs.items()}
@@ -188,18 +248,24 @@ def plan_variant(lowered: LoweredSpec, variant: Variant) -> KernelPlan:
 
     # Kernel side.
     # A state's new value that later statements read is named `<state>_new`.
-    state_values = [(f"{name}_new", value) for name, value in outputs.items() if name != "param"]
+    state_values = [(f"{name}_new", value) for name, value in outputs.items() if name in tensor_names and name != "param"]
     body_defs = _extract_named(outputs, state_values + element_locals, names, {})
     body, outputs = _cse(body_defs, outputs, names, "tmp")
 
     kernel_symbols = set().union(*(e.free_symbols for e in outputs.values()), *(e.free_symbols for _, e in body))
-    loads = [t for t in tensor_names if sympy.Symbol(t, real=True) in kernel_symbols]
-    defined = {s for s, _ in body} | {sympy.Symbol(t, real=True) for t in tensor_names}
+    by_name = {s.name: s for s in kinds}
+    loads = [t for t in tensor_names if sympy.Symbol(t, real=True) in kernel_symbols
+             and kinds.get(by_name.get(t), ELEMENT) == ELEMENT]
+    gathers = sorted((s.name, kinds[s]) for s in kernel_symbols if kinds.get(s) in (ROW, COL))
+    uniforms = sorted(s.name for s in kernel_symbols if kinds.get(s) == UNIFORM)
+    defined = ({s for s, _ in body} | {sympy.Symbol(t, real=True) for t in tensor_names}
+               | {s for s in kernel_symbols if s in kinds})
     scalar_args = sorted({s.name for s in kernel_symbols - defined}, key=_arg_order(checked, host_defs))
     host_inputs = sorted(
         {s.name for _, e in host_defs for s in e.free_symbols} & host_names, key=_arg_order(checked, [])
     )
-    return KernelPlan("", [variant.key], loads, list(outputs), host_defs, host_inputs, scalar_args, body, outputs)
+    return KernelPlan("", [key], loads, [o for o in outputs if o in tensor_names], host_defs, host_inputs,
+                      scalar_args, body, outputs, gathers, uniforms)
 
 
 def _name_hoisted(host_exprs, host_locals, names: _Names):
@@ -223,11 +289,14 @@ def _name_hoisted(host_exprs, host_locals, names: _Names):
 
 def _arg_order(checked, host_defs):
     order = list(checked.hyper_scalars) + ["step"] + [f"fresh_{s}" for s in checked.fresh_states]
+    order += list(checked.host_states) + list(SHAPE_VALUES)
     order += [s.name for s, _ in host_defs]
     return lambda name: (order.index(name) if name in order else len(order), name)
 
 
 def plan(lowered: LoweredSpec) -> Plan:
+    if lowered.staged:
+        return _plan_staged(lowered)
     result = Plan(lowered)
     by_signature: dict = {}
     for variant in lowered.variants:
@@ -294,3 +363,112 @@ def _condition_label(cond) -> str:
         return "cond"
 
     return word(cond)
+
+
+# ---------------------------------------------------------------------------------------------
+# Staged steps: reductions, row/column/scalar state, `loss`.
+
+
+def _reduction_name(node) -> str:
+    return node.op if node.over == "tensor" else f"{node.over}_{node.op}"
+
+
+def _plan_staged(lowered: LoweredSpec) -> Plan:
+    checked = lowered.checked
+    result = Plan(lowered)
+    base_names = (set(["param", "grad", *checked.state_names]) | _host_names(checked) | {"loss"}
+                  | {"pid", "row_index", "col_index", "n_rows", "n_cols", "partials", "temps", "inputs", "grid", "state"})
+
+    # Global reductions: one pass over every parameter before any update, shared by all variants.
+    nodes = sorted({n for v in lowered.variants for n in v.global_reductions}, key=sympy.default_sort_key)
+    global_names = _Names(base_names)
+    global_symbols = {n: sympy.Symbol(global_names.fresh(_reduction_name(n)), real=True) for n in nodes}
+    kinds = dict(lowered.symbol_kinds)
+    for node, symbol in global_symbols.items():
+        result.global_reductions.append(ReductionStep(symbol, node.op, "global", node.args[0], ELEMENT, 1))
+        kinds[symbol] = UNIFORM
+    if nodes:
+        block = _plan_block(lowered, (), {s.name: n.args[0] for n, s in global_symbols.items()}, [],
+                            _Names(base_names | {s.name for s in global_symbols.values()}), set(kinds), kinds)
+        block.reductions = list(result.global_reductions)
+        result.global_pass = block
+    result.global_values = {key: value.xreplace(global_symbols) for key, value in lowered.global_values.items()}
+
+    by_signature: dict = {}
+    for variant in lowered.variants:
+        staged = _plan_staged_variant(lowered, variant, global_symbols, kinds, base_names)
+        signature = repr((staged.passes, staged.final, staged.device_outputs, staged.host_outputs, staged.torch_block))
+        if signature in by_signature:
+            by_signature[signature].keys.append(variant.key)
+        else:
+            by_signature[signature] = staged
+            result.staged.append(staged)
+    result.kernels = [s.final for s in result.staged]
+    for staged, kernel in zip(result.staged, result.kernels):
+        kernel.keys = staged.keys
+    _name_kernels(result)
+    for staged in result.staged:
+        staged.suffix = staged.final.suffix
+    return result
+
+
+def _plan_staged_variant(lowered, variant, global_symbols, global_kinds, base_names) -> StagedPlan:
+    checked = lowered.checked
+    kinds = dict(global_kinds)
+    names = _Names(base_names | {s.name for s in global_symbols.values()})
+    outputs = {k: v.xreplace(global_symbols) for k, v in variant.outputs.items()}
+    local_names = [(n, v.xreplace(global_symbols)) for n, v in variant.local_names]
+
+    # Innermost reductions first, so each one's argument refers to earlier ones by symbol.
+    steps: list[ReductionStep] = []
+    replaced: dict = {}
+    while True:
+        found = [node for e in [*outputs.values(), *(v for _, v in local_names)]
+                 for node in sympy.preorder_traversal(e)
+                 if isinstance(node, Reduction) and not node.args[0].has(Reduction)]
+        if not found:
+            break
+        for node in dict.fromkeys(found):
+            symbol = sympy.Symbol(names.fresh(_reduction_name(node)), real=True)
+            step = ReductionStep(symbol, node.op, node.over, node.args[0], kind_of(node.args[0], kinds))
+            depends = [s.level for s in steps if s.symbol in node.args[0].free_symbols]
+            step.level = max(depends, default=0) + (1 if step.in_kernel else 0)
+            kinds[symbol] = step.kind
+            replaced[node] = symbol
+            steps.append(step)
+        outputs = {k: v.xreplace(replaced) for k, v in outputs.items()}
+        local_names = [(n, v.xreplace(replaced)) for n, v in local_names]
+
+    device = set(kinds)
+    passes = []
+    for level in range(max((s.level for s in steps), default=0) + 1):
+        in_kernel = [s for s in steps if s.in_kernel and s.level == level]
+        if in_kernel:
+            block = _plan_block(lowered, variant.key, {s.symbol.name: s.arg for s in in_kernel}, local_names,
+                                names, device, kinds)
+            block.reductions = in_kernel
+            passes.append(("kernel", block))
+        passes += [("torch", s) for s in steps if not s.in_kernel and s.level == level]
+
+    state_kinds = checked.state_kinds
+    element_outputs = {k: v for k, v in outputs.items() if k == "param" or state_kinds[k] == ELEMENT}
+    device_outputs = {k: v for k, v in outputs.items() if k != "param" and state_kinds[k] in (ROW, COL, UNIFORM)}
+    host_outputs = {k: v for k, v in outputs.items() if k != "param" and state_kinds[k] == HOST}
+    final = _plan_block(lowered, variant.key, element_outputs, local_names, names, device, kinds)
+    torch_values = {f"_reduce_{s.symbol.name}": s.arg for _, s in passes if _ == "torch"}
+    torch_values.update({f"_new_{k}": v for k, v in device_outputs.items()})
+    torch_values.update({f"_host_{k}": v for k, v in host_outputs.items()})
+    # No CSE across torch values: they are computed at different points of the step.
+    torch_block = _plan_block(lowered, variant.key, {}, [], names, device, kinds)
+    torch_block.outputs = {}
+    hoist = _Hoister(device)
+    torch_block.outputs = {k: hoist(v) for k, v in torch_values.items()}
+    hoisted = {sym: expr for expr, sym in hoist.defs.items()}
+    renames = {sym: sympy.Symbol(names.fresh(f"c{i}"), real=True) for i, sym in enumerate(hoisted)}
+    torch_block.host_defs = [(renames[sym], expr.xreplace(renames)) for sym, expr in hoisted.items()]
+    torch_block.outputs = {k: v.xreplace(renames) for k, v in torch_block.outputs.items()}
+    host_names = _host_names(checked)
+    torch_block.host_inputs = sorted({s.name for _, e in torch_block.host_defs for s in e.free_symbols} & host_names
+                                     | {s.name for e in torch_block.outputs.values() for s in e.free_symbols} & host_names,
+                                     key=_arg_order(checked, []))
+    return StagedPlan("", [variant.key], passes, torch_block, final, device_outputs, host_outputs, steps)

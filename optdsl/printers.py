@@ -15,6 +15,7 @@ from sympy.printing.str import StrPrinter
 
 from . import ast
 from .ast import ELEMENT, HOST
+from .checker import REDUCTIONS
 from .ir import sigmoid
 
 # Triton helpers for functions without a core `tl` op; written with core ops only so the same
@@ -82,7 +83,29 @@ HOST_HELPERS = {
     "_pow": ("def _pow(x, y):\n    try:\n        result = x ** y\n    except (OverflowError, ZeroDivisionError):\n"
              "        return math.inf\n    return math.nan if isinstance(result, complex) else result\n"),
 }
-HOST_HELPER_DEPENDENCIES = {"_sigmoid": ("_exp",)}
+HOST_HELPERS.update({
+    "_rowwise": (
+        "def _rowwise(reduce, x):\n"
+        "    \"\"\"`reduce` over each row of x viewed as (shape[0], rest), shaped (shape[0], 1, ..., 1).\"\"\"\n"
+        "    rows = x.reshape(x.shape[0] if x.dim() else 1, -1)\n"
+        "    return reduce(rows, dim=1, keepdim=True).reshape(_row_shape(x))\n"),
+    "_colwise": (
+        "def _colwise(reduce, x):\n"
+        "    \"\"\"`reduce` over each column of x viewed as (shape[0], rest), shaped (1, *shape[1:]).\"\"\"\n"
+        "    rows = x.reshape(x.shape[0] if x.dim() else 1, -1)\n"
+        "    return reduce(rows, dim=0, keepdim=True).reshape(_col_shape(x))\n"),
+    "_cosine": (
+        "def _cosine(x, y, eps, over):\n"
+        "    \"\"\"F.cosine_similarity's value: x.y / (max(|x|, eps) max(|y|, eps)), per tensor, row or column.\"\"\"\n"
+        "    x, y = torch.broadcast_tensors(x, y)\n"
+        "    if over is None:\n"
+        "        norms = torch.linalg.vector_norm(x).clamp(min=eps) * torch.linalg.vector_norm(y).clamp(min=eps)\n"
+        "        return torch.sum(x * y) / norms\n"
+        "    segment = _rowwise if over == \"row\" else _colwise\n"
+        "    norms = segment(torch.linalg.vector_norm, x).clamp(min=eps) * segment(torch.linalg.vector_norm, y).clamp(min=eps)\n"
+        "    return segment(torch.sum, x * y) / norms\n"),
+})
+HOST_HELPER_DEPENDENCIES = {"_sigmoid": ("_exp",), "_cosine": ("_rowwise", "_colwise")}
 HOST_FUNCTIONS = {"exp": "_exp", "log": "_log", "log1p": "_host_log1p", "sigmoid": "_sigmoid", "sign": "_host_sign"}
 assert not set(HOST_HELPERS) & set(TRITON_HELPERS) and not set(HOST_HELPERS) & {"_atan", "_tanh"}
 
@@ -344,8 +367,9 @@ class ReferencePrinter:
                    "tanh": "torch.tanh"}
     HOST_UNARY = {"sqrt": "_sqrt", "abs": "abs", "tanh": "math.tanh", **HOST_FUNCTIONS}
 
-    def __init__(self):
+    def __init__(self, global_texts=None):
         self.helpers: set[str] = set()
+        self.global_texts = global_texts or {}  # id(global reduction call) -> its value's text
 
     def expr(self, e: ast.Expr) -> str:
         return self._expr(e)[0]
@@ -373,7 +397,7 @@ class ReferencePrinter:
             return e.id, _PRECEDENCE["atom"]
         if isinstance(e, ast.Unary):
             if e.op == "not":
-                if e.kind == ELEMENT:
+                if e.kind not in (HOST, None):
                     return f"~{self._wrap(self._expr(e.operand), _PRECEDENCE['atom'])}", _PRECEDENCE["neg"]
                 return f"not {self._wrap(self._expr(e.operand), _PRECEDENCE['not'])}", _PRECEDENCE["not"]
             if e.op == "+":
@@ -381,7 +405,7 @@ class ReferencePrinter:
             return f"-{self._wrap(self._expr(e.operand), _PRECEDENCE['neg'])}", _PRECEDENCE["neg"]
         if isinstance(e, ast.Binary):
             if e.op in ("and", "or"):
-                if e.kind == ELEMENT:
+                if e.kind not in (HOST, None):
                     op = "&" if e.op == "and" else "|"
                     left = self._wrap(self._expr(e.left), _PRECEDENCE["atom"])
                     right = self._wrap(self._expr(e.right), _PRECEDENCE["atom"])
@@ -419,6 +443,8 @@ class ReferencePrinter:
         f = e.func
         if f == "fresh":
             return f"fresh_{e.args[0].id}"
+        if f in REDUCTIONS and not (f in ("min", "max") and len(args) == 2):
+            return self._reduction(e, args)
         if e.kind == HOST:
             if f == "rsqrt":
                 self.helpers.add("_sqrt")
@@ -448,29 +474,58 @@ class ReferencePrinter:
             if f in ("min", "max"):
                 fn = "torch.minimum" if f == "min" else "torch.maximum"
                 bound = "max" if f == "min" else "min"
-                if kinds[0] == ELEMENT and kinds[1] == ELEMENT:
+                if kinds[0] != HOST and kinds[1] != HOST:
                     return f"{fn}({args[0]}, {args[1]})"
-                tensor, scalar = (args[0], args[1]) if kinds[0] == ELEMENT else (args[1], args[0])
+                tensor, scalar = (args[0], args[1]) if kinds[0] != HOST else (args[1], args[0])
                 return f"torch.clamp({tensor}, {bound}={scalar})"
             if f == "clamp":
-                x = self._tensor(args[0], kinds[0], args[1] if kinds[1] == ELEMENT else args[2])
+                x = self._tensor(args[0], kinds[0], args[1] if kinds[1] != HOST else args[2])
                 if kinds[1] == kinds[2]:
                     return f"torch.clamp({x}, {args[1]}, {args[2]})"
                 return f"torch.clamp(torch.clamp({x}, min={args[1]}), max={args[2]})"
             if f == "lerp":
-                if kinds[0] == ELEMENT and kinds[1] == ELEMENT:
+                if kinds[0] != HOST and kinds[1] != HOST:
                     return f"torch.lerp({args[0]}, {args[1]}, {args[2]})"
                 return self._lerp(printed)
             if f == "where":
                 if kinds[0] == HOST:
                     # Either branch may be taken, and the value is used as a tensor.
-                    a, b = (t if k == ELEMENT else f"torch.full_like(grad, {t})" for t, k in zip(args[1:], kinds[1:]))
+                    a, b = (t if k != HOST else f"torch.full_like(grad, {t})" for t, k in zip(args[1:], kinds[1:]))
                     return f"({a} if {args[0]} else {b})"
-                if kinds[1] != ELEMENT and kinds[2] != ELEMENT:
+                if kinds[1] == HOST and kinds[2] == HOST:
                     # torch.where(c, 0.5, 2.0) has the default dtype (float32), not the compute dtype.
                     return f"torch.where({args[0]}, torch.full_like(grad, {args[1]}), {args[2]})"
                 return f"torch.where({args[0]}, {args[1]}, {args[2]})"
         raise NotImplementedError(f"no reference lowering for {f}")
+
+    # Per-tensor reductions as torch writes them; per-row/column ones through `_rowwise` /
+    # `_colwise`, which view the tensor as (shape[0], rest) and keep the reduced dimensions.
+    _REDUCE = {"sum": "torch.sum({x})", "mean": "torch.mean({x})", "max": "torch.amax({x})", "min": "torch.amin({x})",
+               "norm": "torch.linalg.vector_norm({x})", "norm1": "torch.linalg.vector_norm({x}, 1)",
+               "norm_inf": "torch.linalg.vector_norm({x}, math.inf)", "rms": "torch.sqrt(torch.mean(torch.square({x})))",
+               "dot": "torch.sum({x} * {y})"}
+    _SEGMENT = {"sum": "torch.sum", "mean": "torch.mean", "max": "torch.amax", "min": "torch.amin",
+                "norm": "torch.linalg.vector_norm"}
+
+    def _reduction(self, e: ast.Call, args) -> str:
+        base, result = REDUCTIONS[e.func]
+        if result == "global":
+            return f"({self.global_texts[id(e)]})"
+        x, y = args[0], (args[1] if len(args) > 1 else None)
+        if base == "cosine":
+            self.helpers.add("_cosine")
+            eps = args[2] if len(args) == 3 else "1e-8"
+            over = {"uniform": "None", "row": '"row"', "col": '"col"'}[result]
+            return f"_cosine({x}, {y}, {eps}, {over})"
+        if result == "uniform":
+            return self._REDUCE[base].format(x=f"({x})" if base == "dot" else x, y=f"({y})" if y else None)
+        self.helpers.add("_rowwise" if result == "row" else "_colwise")
+        segment = "_rowwise" if result == "row" else "_colwise"
+        if base == "dot":
+            return f"{segment}(torch.sum, ({x}) * ({y}))"
+        if base == "rms":
+            return f"torch.sqrt({segment}(torch.mean, torch.square({x})))"
+        return f"{segment}({self._SEGMENT[base]}, {x})"
 
     def _lerp(self, printed) -> str:
         """a + w * (b - a), parenthesized: the caller takes a call's text as an atom."""
@@ -480,4 +535,93 @@ class ReferencePrinter:
 
     @staticmethod
     def _tensor(text, kind, like):
-        return text if kind == ELEMENT else f"torch.full_like({like}, {text})"
+        return text if kind != HOST else f"torch.full_like({like}, {text})"
+
+
+class TorchPrinter(_Common):
+    """SymPy → PyTorch over device values (0-dim tensors, per-row and per-column tensors) and host
+    floats, for the small per-tensor computations of a staged step (reductions of per-row values,
+    new row/column/scalar states). Host-only subexpressions are hoisted before printing, so every
+    function here has a tensor argument."""
+
+    TORCH_FUNCTIONS = {"exp": "torch.exp", "log": "torch.log", "log1p": "torch.log1p", "sigmoid": "torch.sigmoid",
+                       "tanh": "torch.tanh", "sign": "torch.sign", "atan2": "torch.atan2", "atan": "torch.atan"}
+
+    def __init__(self, device_symbols):
+        super().__init__()
+        self.device = frozenset(device_symbols)
+
+    def _on_device(self, expr) -> bool:
+        return bool(expr.free_symbols & self.device)
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.base, expr.exp
+        if exp == sympy.Rational(1, 2):
+            return f"torch.sqrt({self._print(base)})"
+        if exp == sympy.Rational(-1, 2):
+            return f"torch.rsqrt({self._print(base)})"
+        if exp == -1:
+            return f"1 / {self.parenthesize(base, precedence(expr))}"
+        if exp.is_Integer and int(exp) > 0:
+            return f"{self.parenthesize(base, precedence(expr) + 1)} ** {int(exp)}"
+        return f"torch.pow({self._print(base)}, {self._print(exp)})"
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        if name not in self.TORCH_FUNCTIONS:
+            raise NotImplementedError(f"no torch lowering for {name}")
+        return f"{self.TORCH_FUNCTIONS[name]}({', '.join(self._print(a) for a in expr.args)})"
+
+    _print_exp = _print_Function
+    _print_log = _print_Function
+    _print_sign = _print_Function
+    _print_tanh = _print_Function
+    _print_atan2 = _print_Function
+    _print_atan = _print_Function
+
+    def _print_Abs(self, expr):
+        return f"torch.abs({self._print(expr.args[0])})"
+
+    def _minmax(self, expr, both, bound):
+        device = [a for a in expr.args if self._on_device(a)]
+        host = [a for a in expr.args if not self._on_device(a)]
+        text = self._print(device[0])
+        for arg in device[1:]:
+            text = f"{both}({text}, {self._print(arg)})"
+        for arg in host:
+            value = float_literal(float(arg)) if arg.is_Number else self._print(arg)
+            text = f"torch.clamp({text}, {bound}={value})"
+        return text
+
+    def _print_Max(self, expr):
+        return self._minmax(expr, "torch.maximum", "min")
+
+    def _print_Min(self, expr):
+        return self._minmax(expr, "torch.minimum", "max")
+
+    def _print_Piecewise(self, expr):
+        *branches, (last, _) = expr.args
+        text = self._print(last)
+        for value, condition in reversed(branches):
+            if self._on_device(condition):
+                text = f"torch.where({self._print(condition)}, {self._print(value)}, {text})"
+            else:
+                text = f"({self._print(value)} if {self._print(condition)} else {text})"
+        return text
+
+    def _print_And(self, expr):
+        op = " & " if self._on_device(expr) else " and "
+        return "(" + op.join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        op = " | " if self._on_device(expr) else " or "
+        return "(" + op.join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"(~{self._print(expr.args[0])})" if self._on_device(expr) else f"(not {self._print(expr.args[0])})"
+
+    def _print_ITE(self, expr):
+        a, b, c = (self._print(x) for x in expr.args)
+        if self._on_device(expr):
+            return f"(({a} & {b}) | ((~{a}) & {c}))"
+        return f"({b} if {a} else {c})"
