@@ -609,19 +609,25 @@ class TorchPrinter(_Common):
                 text = f"({self._print(value)} if {self._print(condition)} else {text})"
         return text
 
+    def _logical(self, expr, device_op, host_op):
+        if not self._on_device(expr):
+            return "(" + host_op.join(self._print(a) for a in expr.args) + ")"
+        # A host flag next to a tensor condition: make it a bool tensor, as `flag & tensor` of a
+        # Python bool gives an integer tensor.
+        parts = [self._print(a) if self._on_device(a) else f"torch.tensor(bool({self._print(a)}))" for a in expr.args]
+        return "(" + device_op.join(parts) + ")"
+
     def _print_And(self, expr):
-        op = " & " if self._on_device(expr) else " and "
-        return "(" + op.join(self._print(a) for a in expr.args) + ")"
+        return self._logical(expr, " & ", " and ")
 
     def _print_Or(self, expr):
-        op = " | " if self._on_device(expr) else " or "
-        return "(" + op.join(self._print(a) for a in expr.args) + ")"
+        return self._logical(expr, " | ", " or ")
 
     def _print_Not(self, expr):
         return f"(~{self._print(expr.args[0])})" if self._on_device(expr) else f"(not {self._print(expr.args[0])})"
 
     def _print_ITE(self, expr):
         a, b, c = (self._print(x) for x in expr.args)
-        if self._on_device(expr):
+        if self._on_device(expr) and self._on_device(expr.args[0]):
             return f"(({a} & {b}) | ((~{a}) & {c}))"
         return f"({b} if {a} else {c})"

@@ -34,6 +34,9 @@ class OptimInfo:
     torch_mirror: bool = False  # same state names and checkpoint format as torch.optim
     tolerance: dict = field(default_factory=lambda: dict(TOLERANCE))
     shapes: tuple = ((7, 13), (129,), ())
+    # state -> relative bound replacing `tolerance` for it at fp64, where the oracle itself keeps
+    # that state in lower precision (torch.optim.NAdam's float32 mu_product)
+    state_tolerance: dict = field(default_factory=dict)
     notes: str = ""
     # For specs that read `loss`: loss_fn(params, step, seed) -> 0-dim loss tensor (with autograd
     # graph). lockstep then takes each step's gradients from loss.backward() instead of make_grads

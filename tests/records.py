@@ -28,7 +28,7 @@ TORCH_RECORDS = [
 
 def _collect():
     records = list(TORCH_RECORDS)
-    for module_name in ("records_torch", "records_papers"):
+    for module_name in ("records_torch", "records_papers", "records_reductions"):
         try:
             module = __import__(module_name)
         except ModuleNotFoundError as exc:

@@ -1,5 +1,5 @@
-"""Records for the specs of issue 3 (reductions, per-row/column/scalar state, the loss):
-drafts/specs/*.opt until the compiler supports them. NOT yet collected by records.py.
+"""Records for the specs with reductions, per-row/column/scalar state or the loss (specs/*.opt).
+Specs still in drafts/specs (not yet compiled) are left out of RECORDS by `_DRAFTS` below.
 
 Each spec is checked against an implementation written elsewhere: torch.optim (Adafactor, NAdam),
 pytorch_optimizer configured to the published algorithm (AdamP, SGDP, Lamb, LARS, MARS; flags
@@ -236,6 +236,10 @@ RECORDS = [
             {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1, "momentum_decay": 0.01},
             {"decoupled_weight_decay": True, "weight_decay": 0.1, "maximize": True},
         ],
+        state_tolerance={"mu_product": 2.4e-7},  # two float32 ulps: torch keeps it in float32
+        # torch's float32 mu_product rounds differently from ours (fl32(mp * fl32(mu)) vs
+        # fl32(mp * mu)); over 25 steps that reaches ~3e-10 in fp64 params and ~1e-9 in exp_avg.
+        tolerance={torch.float64: 2e-9, torch.float32: 1e-5},
         notes="mu_product is a host scalar kept like torch does: a 0-dim float32 CPU tensor (float64 when the "
         "default dtype is float64), updated as tensor *= python float (rounded to float32 every step). "
         "Computing it in float64 instead changes fp64 params by ~1e-11 relative but the mu_product state "
@@ -315,3 +319,6 @@ RECORDS = [
         notes="MomSPS_max (Oikonomou & Loizou 2024) in buffer form; checked against the iterate form.",
     ),
 ]
+
+_DRAFTS = {"adamp", "sgdp", "adafactor"}  # in drafts/specs until the language can express them
+RECORDS = [r for r in RECORDS if r.spec not in _DRAFTS]

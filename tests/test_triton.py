@@ -21,11 +21,11 @@ CASES = [
 ]
 
 
-def _all_states(optimizer_cls, config):
+def _all_states(optimizer_cls, config, needs_loss):
     probe = [torch.zeros(3, requires_grad=True)]
     opt = optimizer_cls(probe, backend="torch", **config)
     probe[0].grad = torch.ones(3)
-    opt.step()
+    opt.step(loss=torch.tensor(1.0)) if needs_loss else opt.step()
     return [k for k in opt.state[probe[0]] if k != "step"]
 
 
@@ -33,7 +33,7 @@ def _all_states(optimizer_cls, config):
 @pytest.mark.parametrize("record, config", CASES)
 def test_triton_matches_reference(record, config, dtype):
     cls = record.generated
-    states = _all_states(cls, config)
+    states = _all_states(cls, config, record.loss_fn is not None)
     worst = lockstep(
         lambda ps: cls(ps, backend="torch", **config),
         lambda ps: cls(ps, backend="triton", **config),
@@ -42,6 +42,7 @@ def test_triton_matches_reference(record, config, dtype):
         steps=STEPS,
         state_map={s: s for s in states},
         resync=dtype != torch.float32,
+        loss_fn=record.loss_fn,
     )
     assert set(worst) == {"param", *states}
     tolerance = TRITON_TOLERANCE[dtype]
