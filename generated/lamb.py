@@ -125,8 +125,8 @@ def _lamb_reduce1_kernel_grad_averaging(
     tmp1 = beta1*exp_avg
     tmp2 = 1.0 / (eps + tl.sqrt(beta2*exp_avg_sq + c0*grad * grad))
     u = tmp0 + tmp2*(c3*grad + tmp1)
-    tl.store(partials_ptr + pid * 4 + 0, tl.sum(tl.where(mask, (tmp0 + tmp2*(c1*grad + tmp1)) * (tmp0 + tmp2*(c1*grad + tmp1)), 0.0), axis=0))
-    tl.store(partials_ptr + pid * 4 + 1, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 0, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 1, tl.sum(tl.where(mask, (tmp0 + tmp2*(c1*grad + tmp1)) * (tmp0 + tmp2*(c1*grad + tmp1)), 0.0), axis=0))
     tl.store(partials_ptr + pid * 4 + 2, tl.sum(tl.where(mask, (tmp0 + tmp2*(c2*grad + tmp1)) * (tmp0 + tmp2*(c2*grad + tmp1)), 0.0), axis=0))
     tl.store(partials_ptr + pid * 4 + 3, tl.sum(tl.where(mask, u * u, 0.0), axis=0))
 
@@ -149,12 +149,12 @@ def _lamb_kernel_grad_averaging(
     sum_3 = tl.load(sum_3_ptr).to(tl.float32)
     sum_4 = tl.load(sum_4_ptr).to(tl.float32)
     sum_5 = tl.load(sum_5_ptr).to(tl.float32)
-    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_3), propagate_nan=tl.PropagateNan.ALL)
+    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
     tmp1_2 = (tmp0_2 == 0.0)
     exp_avg_new = beta1*exp_avg + c1_2*grad
     exp_avg_sq_new = beta2*exp_avg_sq + c0_2*grad * grad
     u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
-    tl.store(param_ptr + offsets, (c2_2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_2) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(param_ptr + offsets, (c2_2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
 
@@ -189,9 +189,9 @@ def _lamb_launch_grad_averaging(param, grad, state, h, inputs):
     sum_4 = partials[:, 2].sum()
     sum_5 = partials[:, 3].sum()
     _lamb_kernel_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0_2, c1_2, c2_2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    new_weight_norm = torch.clamp(torch.sqrt(sum_3), max=10.0)
+    new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
     new_adam_norm = torch.sqrt(sum_5)
-    new_trust_ratio = torch.where((((torch.sqrt(sum_2) == 0) | (torch.clamp(torch.sqrt(sum_3), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_3), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_3), max=10.0)/(eps + torch.sqrt(sum_5)))
+    new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))
     state["weight_norm"].copy_(new_weight_norm)
     state["adam_norm"].copy_(new_adam_norm)
     state["trust_ratio"].copy_(new_trust_ratio)
@@ -216,8 +216,8 @@ def _lamb_reduce1_kernel_not_grad_averaging(
     tmp2 = 1.0 / (eps + tl.sqrt(beta2*exp_avg_sq + c0*grad * grad))
     g = c1*grad
     u = tmp0 + tmp2*(g + tmp1)
-    tl.store(partials_ptr + pid * 4 + 0, tl.sum(tl.where(mask, (tmp0 + tmp2*(-grad + tmp1)) * (tmp0 + tmp2*(-grad + tmp1)), 0.0), axis=0))
-    tl.store(partials_ptr + pid * 4 + 1, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 0, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 1, tl.sum(tl.where(mask, (tmp0 + tmp2*(-grad + tmp1)) * (tmp0 + tmp2*(-grad + tmp1)), 0.0), axis=0))
     tl.store(partials_ptr + pid * 4 + 2, tl.sum(tl.where(mask, (tmp0 + tmp2*(grad + tmp1)) * (tmp0 + tmp2*(grad + tmp1)), 0.0), axis=0))
     tl.store(partials_ptr + pid * 4 + 3, tl.sum(tl.where(mask, u * u, 0.0), axis=0))
 
@@ -240,13 +240,13 @@ def _lamb_kernel_not_grad_averaging(
     sum_3 = tl.load(sum_3_ptr).to(tl.float32)
     sum_4 = tl.load(sum_4_ptr).to(tl.float32)
     sum_5 = tl.load(sum_5_ptr).to(tl.float32)
-    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_3), propagate_nan=tl.PropagateNan.ALL)
+    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
     tmp1_2 = (tmp0_2 == 0.0)
     exp_avg_sq_new = beta2*exp_avg_sq + c0_2*grad * grad
     g_2 = c1_2*grad
     exp_avg_new = beta1*exp_avg + g_2
     u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
-    tl.store(param_ptr + offsets, (c2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_2) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(param_ptr + offsets, (c2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
 
@@ -277,9 +277,9 @@ def _lamb_launch_not_grad_averaging(param, grad, state, h, inputs):
     sum_4 = partials[:, 2].sum()
     sum_5 = partials[:, 3].sum()
     _lamb_kernel_not_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0_2, c1_2, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    new_weight_norm = torch.clamp(torch.sqrt(sum_3), max=10.0)
+    new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
     new_adam_norm = torch.sqrt(sum_5)
-    new_trust_ratio = torch.where((((torch.sqrt(sum_2) == 0) | (torch.clamp(torch.sqrt(sum_3), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_3), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_3), max=10.0)/(eps + torch.sqrt(sum_5)))
+    new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))
     state["weight_norm"].copy_(new_weight_norm)
     state["adam_norm"].copy_(new_adam_norm)
     state["trust_ratio"].copy_(new_trust_ratio)

@@ -134,11 +134,11 @@ def _mars_adam_w_reduce1_kernel_optimize_1d_or_ndim_ge_2(
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     last_grad = tl.load(last_grad_ptr + offsets, mask=mask).to(tl.float32)
     tmp0 = -last_grad
-    g = c0*grad
-    c = c1*(g + tmp0) + g
-    tl.store(partials_ptr + pid * 3 + 0, tl.sum(tl.where(mask, c * c, 0.0), axis=0))
-    tl.store(partials_ptr + pid * 3 + 1, tl.sum(tl.where(mask, (c1*(-grad - last_grad) - grad) * (c1*(-grad - last_grad) - grad), 0.0), axis=0))
-    tl.store(partials_ptr + pid * 3 + 2, tl.sum(tl.where(mask, (c1*(grad + tmp0) + grad) * (c1*(grad + tmp0) + grad), 0.0), axis=0))
+    g = c1*grad
+    c = c0*(g + tmp0) + g
+    tl.store(partials_ptr + pid * 3 + 0, tl.sum(tl.where(mask, (c0*(-grad - last_grad) - grad) * (c0*(-grad - last_grad) - grad), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 3 + 1, tl.sum(tl.where(mask, (c0*(grad + tmp0) + grad) * (c0*(grad + tmp0) + grad), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 3 + 2, tl.sum(tl.where(mask, c * c, 0.0), axis=0))
 
 
 @_jit
@@ -159,12 +159,12 @@ def _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2(
     sum_2 = tl.load(sum_2_ptr).to(tl.float32)
     sum_3 = tl.load(sum_3_ptr).to(tl.float32)
     sum_4 = tl.load(sum_4_ptr).to(tl.float32)
-    tmp0_2 = ((maximize & (tl.sqrt(sum_3) > 1.0)) | ((~maximize) & (tl.sqrt(sum_4) > 1.0)))
+    tmp0_2 = ((maximize & (tl.sqrt(sum_2) > 1.0)) | ((~maximize) & (tl.sqrt(sum_3) > 1.0)))
     last_grad_new = c1_2*grad
     c_2 = c2*(-last_grad + last_grad_new) + last_grad_new
     tmp1 = c_2 * c_2
-    tmp2 = beta2*exp_avg_sq + c3*tl.where(tmp0_2, tmp1/sum_2, tmp1)
-    exp_avg_new = c4*(-exp_avg + tl.where(tmp0_2, c_2/tl.sqrt(sum_2), c_2)) + exp_avg
+    tmp2 = beta2*exp_avg_sq + c3*tl.where(tmp0_2, tmp1/sum_4, tmp1)
+    exp_avg_new = c4*(-exp_avg + tl.where(tmp0_2, c_2/tl.sqrt(sum_4), c_2)) + exp_avg
     exp_avg_sq_new = tmp2
     tl.store(param_ptr + offsets, (c0_2*param + c5*exp_avg_new/(eps + tl.sqrt(tmp2 + 1e-15))).to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
@@ -181,8 +181,8 @@ def _mars_adam_w_launch_optimize_1d_or_ndim_ge_2(param, grad, state, h, inputs):
     eps = h["eps"]
     maximize = h["maximize"]
     step = h["step"]
-    c0 = (-1.0 if maximize else 1.0)
-    c1 = beta1*gamma/(1 - beta1)
+    c0 = beta1*gamma/(1 - beta1)
+    c1 = (-1.0 if maximize else 1.0)
     h0 = 1 - beta1
     c0_2 = -lr*weight_decay + 1
     c1_2 = (-1.0 if maximize else 1.0)

@@ -428,7 +428,7 @@ def _plan_staged_variant(lowered, variant, global_symbols, global_kinds, base_na
                  if isinstance(node, Reduction) and not node.args[0].has(Reduction)]
         if not found:
             break
-        for node in dict.fromkeys(found):
+        for node in sorted(set(found), key=sympy.default_sort_key):  # not traversal order: it varies with hashing
             symbol = sympy.Symbol(names.fresh(_reduction_name(node)), real=True)
             step = ReductionStep(symbol, node.op, node.over, node.args[0], kind_of(node.args[0], kinds))
             depends = [s.level for s in steps if s.symbol in node.args[0].free_symbols]
