@@ -320,5 +320,5 @@ RECORDS = [
     ),
 ]
 
-_DRAFTS = {"adamp", "sgdp", "adafactor"}  # in drafts/specs until the language can express them
+_DRAFTS = {"adamp", "sgdp", "adafactor", "nadam"}  # in drafts/specs until the language can express them
 RECORDS = [r for r in RECORDS if r.spec not in _DRAFTS]
