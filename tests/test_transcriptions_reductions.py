@@ -358,7 +358,7 @@ def test_sps_stochastic_least_squares_decreases():
 # The records: valid oracles, configs that reach every branch
 
 
-@pytest.mark.parametrize("record", records_reductions.RECORDS, ids=str)
+@pytest.mark.parametrize("record", records_reductions.ORACLE_RECORDS, ids=str)
 def test_record_oracles_run(record: OptimInfo):
     """Every config of every record builds its oracle, steps it 3 times (with the loss when the
     record has a loss_fn) and keeps finite params; every mapped state exists on the oracle."""
@@ -390,7 +390,7 @@ def _closure_with(loss_fn, params, step):
 
 
 def _record(spec):
-    return next(r for r in records_reductions.RECORDS if r.spec == spec)
+    return next(r for r in records_reductions.ORACLE_RECORDS if r.spec == spec)
 
 
 @pytest.mark.parametrize("spec", ["adamp", "sgdp"])
