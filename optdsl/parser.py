@@ -93,6 +93,8 @@ class _ToAst(Transformer_NonRecursive):
     # -- declarations -------------------------------------------------------------------------
     @v_args(meta=True)
     def start(self, meta, children):
+        if len(children) == 1 and isinstance(children[0], ast.LossSpec):
+            return children[0]
         (name, name_pos, doc), *items = children
         hypers = [i for i in items if isinstance(i, ast.Hyper)]
         states = [i for i in items if isinstance(i, ast.State)]
@@ -112,6 +114,52 @@ class _ToAst(Transformer_NonRecursive):
 
     def prelude(self, children):
         return list(children)
+
+    # -- loss rules ---------------------------------------------------------------------------
+    def loss_spec(self, children):
+        (name, name_pos, doc), *items = children
+        hypers = [i for i in items if isinstance(i, ast.Hyper)]
+        funcs = [i for i in items if isinstance(i, ast.FuncDef)]
+        imports = [i for i in items if isinstance(i, ast.Import)]
+        inputs = [i for i in items if isinstance(i, ast.LossInput)]
+        reductions = [i for i in items if isinstance(i, tuple) and i[0] == "reduction"]
+        values = [i for i in items if isinstance(i, tuple) and i[0] == "value"]
+        if len(reductions) > 1:
+            raise SpecError("a loss declares its default `reduction` once; this is a second one", reductions[1][1])
+        if len(values) > 1:
+            raise SpecError(
+                f"a loss has exactly one value block; this is a second one (the first is on line {values[0][1].line})",
+                values[1][1],
+            )
+        if not values:
+            raise SpecError(f"loss {name} has no `value {{ ... }}` block", name_pos)
+        order = []
+        for item in items:
+            if isinstance(item, ast.LossInput):
+                order.append(("input", item.name))
+            elif isinstance(item, ast.Hyper):
+                order.append(("hyper", item.name))
+            elif isinstance(item, tuple) and item[0] == "reduction":
+                order.append(("reduction", "reduction"))
+        reduction, reduction_pos = (reductions[0][2], reductions[0][1]) if reductions else (None, None)
+        _, body_pos, body = values[0]
+        return ast.LossSpec(name, name_pos, doc, hypers, funcs, imports, inputs, reduction, reduction_pos, order,
+                            body, body_pos, self.path, self.source)
+
+    def loss_header(self, children):
+        return self.header(children)
+
+    def input_decl(self, children):
+        name, role, default, differentiable = children
+        return ast.LossInput(_pos(name), str(name), str(role), _pos(role), default, differentiable is not None)
+
+    def reduction_decl(self, children):
+        (text,) = children
+        return ("reduction", _pos(text), str(text)[1:-1])
+
+    @v_args(meta=True)
+    def value_block(self, meta, children):
+        return ("value", _pos(meta), children[0])
 
     def header(self, children):
         name, doc = children
@@ -376,7 +424,7 @@ def parse_text(source: str, path: str = "<spec>", start: str = "start"):
     try:
         _check_size(source)
         if start == "start" and not _has_tokens(source):
-            raise SpecError("empty spec: a spec starts with `optimizer Name`", Position(1, 1))
+            raise SpecError("empty spec: a spec starts with `optimizer Name` (or `loss Name`)", Position(1, 1))
         try:
             tree = _lark().parse(source, start=start)
         except UnexpectedInput as exc:
@@ -415,7 +463,7 @@ _EXPECTED_NAMES = {
     "EQUAL": "'='", "COLON": "':'",
 }
 _KEYWORDS = ("optimizer", "import", "hyper", "state", "def", "update", "if", "elif", "else", "as", "where",
-             "and", "or", "not", "true", "false")
+             "and", "or", "not", "true", "false", "loss", "input", "reduction", "value", "differentiable")
 _EXPR_START = {"NAME", "NUMBER", "LPAR", "UNARY_OP", "NOT", "TRUE", "FALSE"}
 _OPERATORS = {"ADD_OP", "MUL_OP", "POW_OP", "COMPARE_OP", "AND", "OR"}
 _CHARACTER_HINTS = {
