@@ -691,3 +691,14 @@ def _resolve_imports(imports, importer: Path, display: str, source: str, out: li
         nested = [i for i in items if isinstance(i, ast.Import)]
         _resolve_imports(nested, target, target_display, text, out, chain + [(target, target_display)], done)
         out.extend(i for i in items if isinstance(i, ast.FuncDef))
+
+
+def is_loss_file(path) -> bool:
+    """Whether a spec file holds a loss rule (`loss Name`) rather than an optimizer: its first
+    token, after comments and blank lines. Unreadable files are left to `parse_file` to report."""
+    try:
+        text = decode(Path(path).read_bytes(), str(path))
+    except (OSError, SpecError):
+        return False
+    match = re.match(r"(?:\s+|#[^\n]*)*loss\b", text)
+    return match is not None
