@@ -306,6 +306,8 @@ class _Lowering:
 
     # -- helpers -------------------------------------------------------------------------------
     def kind(self, expr) -> int:
+        if expr.has(onehot):  # reads an index input, but varies by class
+            return ELEMENT
         kinds = [self.kinds.get(s, HOST) for s in expr.free_symbols]
         return max(kinds, default=HOST)
 
@@ -559,7 +561,7 @@ def _derive(ir: LossIR) -> None:
             inner = sympy.diff(rm.full, rk.symbol)
             if inner == 0:
                 continue
-            if not (inner.free_symbols & element):
+            if not (inner.free_symbols & element or inner.has(onehot)):
                 folded = inner * (num_classes if rm.op == "sum" else 1)
             else:
                 folded = _backward_reduction(ir, rm.weight * inner)
