@@ -362,7 +362,11 @@ class _Lowering:
                         "logsumexp(...) or onehot(...)", self.local_pos[name])
         if mean_weight is not None:
             diff = {self.symbols[i.name] for i in spec.inputs if i.differentiable}
-            if mean_weight.free_symbols & diff:
+            reads = set(mean_weight.free_symbols)
+            for r in reversed(self.reductions):  # through the reductions it reads
+                if r.symbol in reads:
+                    reads |= r.full.free_symbols
+            if reads & diff:
                 raise self.error("`mean_weight` may not depend on a differentiable input", self.local_pos["mean_weight"])
         return loss, mean_weight
 
