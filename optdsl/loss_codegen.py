@@ -235,8 +235,6 @@ class TorchPrinter(_Common):
         text = self._value(last)
         for value, cond in reversed(branches):
             if self.kinds.is_tensor(cond):
-                if not self.kinds.is_tensor(value) and not self.kinds.is_tensor(sympy.Tuple(*[b for b, _ in expr.args])):
-                    pass
                 value_text = self._value(value)
                 if not self.kinds.is_tensor(value) and not self._is_tensor_text(text):
                     value_text = f"torch.full((), {value_text}, dtype=_dtype, device=_device)"

@@ -354,6 +354,12 @@ class _Lowering:
                 raise self.error(f"local {name!r} is assigned but never used", pos)
         loss = self.full[self.locals["loss"]]
         mean_weight = self.full.get(self.locals["mean_weight"]) if "mean_weight" in self.locals else None
+        diff = {self.symbols[i.name] for i in spec.inputs if i.differentiable}
+        if not (self._reads(loss) & diff):
+            raise self.error("`loss` does not depend on any differentiable input", self.local_pos["loss"])
+        if mean_weight is not None and not mean_weight.free_symbols:
+            raise self.error("`mean_weight` is a constant: leave it out (then every row or element counts 1 in "
+                             "the mean)", self.local_pos["mean_weight"])
         if self.row:
             for name in SPECIAL_LOCALS:
                 if name in self.locals and self.kinds[self.locals[name]] == ELEMENT:
@@ -361,14 +367,17 @@ class _Lowering:
                         f"`{name}` must be one number per row: reduce over the classes with sum(...), "
                         "logsumexp(...) or onehot(...)", self.local_pos[name])
         if mean_weight is not None:
-            diff = {self.symbols[i.name] for i in spec.inputs if i.differentiable}
-            reads = set(mean_weight.free_symbols)
-            for r in reversed(self.reductions):  # through the reductions it reads
-                if r.symbol in reads:
-                    reads |= r.full.free_symbols
-            if reads & diff:
+            if self._reads(mean_weight) & diff:
                 raise self.error("`mean_weight` may not depend on a differentiable input", self.local_pos["mean_weight"])
         return loss, mean_weight
+
+    def _reads(self, expr) -> set:
+        """The symbols `expr` depends on, through the reductions it reads."""
+        reads = set(expr.free_symbols)
+        for r in reversed(self.reductions):
+            if r.symbol in reads:
+                reads |= r.full.free_symbols
+        return reads
 
     def _check_size(self, expr, node):
         count = 0

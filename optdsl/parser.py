@@ -700,5 +700,13 @@ def is_loss_file(path) -> bool:
         text = decode(Path(path).read_bytes(), str(path))
     except (OSError, SpecError):
         return False
-    match = re.match(r"(?:\s+|#[^\n]*)*loss\b", text)
-    return match is not None
+    i = 0
+    while i < len(text):  # skip blanks and comments (a loop: a regex here could backtrack badly)
+        if text[i].isspace():
+            i += 1
+        elif text[i] == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        else:
+            break
+    return re.match(r"loss\b", text[i:i + 5]) is not None

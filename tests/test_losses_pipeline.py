@@ -157,6 +157,8 @@ ERRORS = [
     (HEAD + 'hyper k = 1 where input > 0\nvalue { loss = logsumexp(input) }\n', "hyperparameters only", 4, 19),
     (HEAD + 'def f(x) = f(x)\nvalue { loss = logsumexp(input) * f(1) }\n', "recursive", 4, 12),
     (HEAD + 'value { loss = sum(input > 0) }\n', "expected a number, found a condition", 4, 26),
+    (HEAD + 'value { loss = where(target > 0, 1, 0) }\n', "does not depend on any differentiable input", 4, 9),
+    (HEAD + 'value {\n  loss = logsumexp(input)\n  mean_weight = 2\n}\n', "is a constant", 6, 3),
 ]
 
 
