@@ -75,6 +75,35 @@ def _lark() -> Lark:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _loss_lark() -> Lark:
+    """The parser for `loss` specs: the same grammar from the start symbol `loss_spec`. A
+    separate table, because LALR would otherwise merge the loss items' keywords into what may
+    follow an expression in optimizer specs (an optimizer local named `value` would break)."""
+    return Lark(
+        _grammar_path().read_text(),
+        parser="lalr",
+        lexer="contextual",
+        start="loss_spec",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def is_loss_text(text: str) -> bool:
+    """Whether spec text is a loss rule: its first token, after blanks and comments, is `loss`."""
+    i = 0
+    while i < len(text):  # a loop: a regex here could backtrack badly on long runs of blanks
+        if text[i].isspace():
+            i += 1
+        elif text[i] == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        else:
+            break
+    return re.match(r"loss\b", text[i:i + 5]) is not None
+
+
 def _pos(item) -> Position:
     if isinstance(item, Token):
         return Position(item.line or 1, item.column or 1)
@@ -93,8 +122,6 @@ class _ToAst(Transformer_NonRecursive):
     # -- declarations -------------------------------------------------------------------------
     @v_args(meta=True)
     def start(self, meta, children):
-        if len(children) == 1 and isinstance(children[0], ast.LossSpec):
-            return children[0]
         (name, name_pos, doc), *items = children
         hypers = [i for i in items if isinstance(i, ast.Hyper)]
         states = [i for i in items if isinstance(i, ast.State)]
@@ -426,7 +453,10 @@ def parse_text(source: str, path: str = "<spec>", start: str = "start"):
         if start == "start" and not _has_tokens(source):
             raise SpecError("empty spec: a spec starts with `optimizer Name` (or `loss Name`)", Position(1, 1))
         try:
-            tree = _lark().parse(source, start=start)
+            if start == "start" and is_loss_text(source):
+                tree = _loss_lark().parse(source)
+            else:
+                tree = _lark().parse(source, start=start)
         except UnexpectedInput as exc:
             raise _syntax_error(exc, source, start) from None
         _check_tokens(tree)
@@ -463,7 +493,7 @@ _EXPECTED_NAMES = {
     "EQUAL": "'='", "COLON": "':'",
 }
 _KEYWORDS = ("optimizer", "import", "hyper", "state", "def", "update", "if", "elif", "else", "as", "where",
-             "and", "or", "not", "true", "false", "loss", "input", "reduction", "value", "differentiable")
+             "and", "or", "not", "true", "false", "input", "reduction", "value", "differentiable")
 _EXPR_START = {"NAME", "NUMBER", "LPAR", "UNARY_OP", "NOT", "TRUE", "FALSE"}
 _OPERATORS = {"ADD_OP", "MUL_OP", "POW_OP", "COMPARE_OP", "AND", "OR"}
 _CHARACTER_HINTS = {
@@ -694,19 +724,9 @@ def _resolve_imports(imports, importer: Path, display: str, source: str, out: li
 
 
 def is_loss_file(path) -> bool:
-    """Whether a spec file holds a loss rule (`loss Name`) rather than an optimizer: its first
-    token, after comments and blank lines. Unreadable files are left to `parse_file` to report."""
+    """Whether a spec file holds a loss rule (`loss Name`) rather than an optimizer. Unreadable
+    files are left to `parse_file` to report."""
     try:
-        text = decode(Path(path).read_bytes(), str(path))
+        return is_loss_text(decode(Path(path).read_bytes(), str(path)))
     except (OSError, SpecError):
         return False
-    i = 0
-    while i < len(text):  # skip blanks and comments (a loop: a regex here could backtrack badly)
-        if text[i].isspace():
-            i += 1
-        elif text[i] == "#":
-            end = text.find("\n", i)
-            i = len(text) if end < 0 else end
-        else:
-            break
-    return re.match(r"loss\b", text[i:i + 5]) is not None
