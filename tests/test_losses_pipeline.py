@@ -192,3 +192,12 @@ def test_check_and_verify_commands_accept_losses(capsys):
     assert cli_main(["verify", spec]) == 0
     out = capsys.readouterr().out
     assert "BradleyTerryLoss" in out and "float64" in out and "MISMATCH" not in out
+
+
+def test_loss_keywords_stay_names_in_optimizer_specs():
+    """`input`, `value`, `reduction`, `loss`, `differentiable` are keywords only in loss specs."""
+    text = ("optimizer Kw\nhyper lr = 0.1 where lr > 0\nupdate {\n    loss = grad * 2\n    value = loss + 1\n"
+            "    reduction = value * 2\n    input = reduction + 1\n    differentiable = input * 1\n"
+            "    param = param - lr * differentiable\n}\n")
+    status, err, written = run_cli(text)
+    assert status == 0 and written and not err, err
