@@ -160,3 +160,42 @@ class Spec:
     body_pos: Optional[Position]
     path: str = "<spec>"
     source: str = ""
+
+
+# -- loss rules (docs/language.md, "Loss rules") ------------------------------------------------
+
+
+@dataclass(eq=False)
+class LossInput:
+    """`input name: role [= default] [differentiable]`: one tensor argument of the loss."""
+
+    pos: Position
+    name: str
+    role: str
+    role_pos: Position
+    default: Optional[float]  # value used when the argument is None; None: a required argument
+    differentiable: bool
+
+
+@dataclass(eq=False)
+class LossSpec:
+    """A `loss Name` spec. It has the fields of `Spec` that the parser's checks read (`states` is
+    always empty), plus its inputs and default reduction; `body` is the `value` block."""
+
+    name: str
+    name_pos: Position
+    doc: str
+    hypers: list[Hyper]
+    funcs: list[FuncDef]
+    imports: list[Import]
+    inputs: list[LossInput]
+    reduction: Optional[str]
+    reduction_pos: Optional[Position]
+    # Position of `reduction` among the hyperparameters and optional inputs (constructor order):
+    # every item in declaration order, as ("input" | "hyper" | "reduction", name).
+    order: list[tuple[str, str]]
+    body: list[Statement]
+    body_pos: Optional[Position]
+    path: str = "<spec>"
+    source: str = ""
+    states: list = field(default_factory=list)

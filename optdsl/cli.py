@@ -91,12 +91,18 @@ def _check(args) -> int:
 
 
 def _verify(args) -> int:
+    from .parser import is_loss_file
     from .verify import verify_file
 
     status = 0
     for spec in args.specs:
         try:
-            ok = verify_file(spec, steps=args.steps, seed=args.seed, out=sys.stdout, quick=args.quick)
+            if is_loss_file(spec):  # a loss rule: Triton kernels vs reference (optdsl/loss_compiler.py)
+                from .loss_compiler import verify_file as verify_loss
+
+                ok = verify_loss(spec, out=sys.stdout, seed=args.seed)
+            else:
+                ok = verify_file(spec, steps=args.steps, seed=args.seed, out=sys.stdout, quick=args.quick)
         except Exception as exc:  # noqa: BLE001 - see _report
             status = max(status, _report(spec, exc))
             continue

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checker, codegen, ir, parser, plan
+from . import ast, checker, codegen, ir, parser, plan
 from .checker import CheckedSpec
 from .plan import Plan
 
@@ -21,13 +21,22 @@ class Compiled:
 
 
 def check_file(path) -> CheckedSpec:
-    checked = checker.check(parser.parse_file(path))
+    spec = parser.parse_file(path)
+    if isinstance(spec, ast.LossSpec):  # a loss rule: optdsl/loss_compiler.py
+        from . import loss_compiler
+
+        return loss_compiler.check_spec(spec)
+    checked = checker.check(spec)
     codegen.check_names(checked)  # names that would clash in the generated module
     return checked
 
 
 def compile_file(path, display_path: str | None = None) -> Compiled:
     path = Path(path)
+    if parser.is_loss_file(path):  # a loss rule: optdsl/loss_compiler.py
+        from . import loss_compiler
+
+        return loss_compiler.compile_file(path, display_path)
     checked = check_file(path)
     planned = plan.plan(ir.lower(checked))
     spec_text = path.read_text(encoding="utf-8")
@@ -57,8 +66,13 @@ def load_module(path):
 
 
 def load(path):
-    """Compile a spec in memory and return its optimizer class."""
-    return _optimizer_class(load_module(path))
+    """Compile a spec in memory and return its optimizer class (for a loss spec, its nn.Module)."""
+    module = load_module(path)
+    if getattr(module, "_INPUTS", None) is not None and hasattr(module, "_reference_backward"):
+        from .loss_compiler import loss_class
+
+        return loss_class(module)
+    return _optimizer_class(module)
 
 
 def _optimizer_class(module):

@@ -75,6 +75,35 @@ def _lark() -> Lark:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _loss_lark() -> Lark:
+    """The parser for `loss` specs: the same grammar from the start symbol `loss_spec`. A
+    separate table, because LALR would otherwise merge the loss items' keywords into what may
+    follow an expression in optimizer specs (an optimizer local named `value` would break)."""
+    return Lark(
+        _grammar_path().read_text(),
+        parser="lalr",
+        lexer="contextual",
+        start="loss_spec",
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def is_loss_text(text: str) -> bool:
+    """Whether spec text is a loss rule: its first token, after blanks and comments, is `loss`."""
+    i = 0
+    while i < len(text):  # a loop: a regex here could backtrack badly on long runs of blanks
+        if text[i].isspace():
+            i += 1
+        elif text[i] == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        else:
+            break
+    return re.match(r"loss\b", text[i:i + 5]) is not None
+
+
 def _pos(item) -> Position:
     if isinstance(item, Token):
         return Position(item.line or 1, item.column or 1)
@@ -112,6 +141,52 @@ class _ToAst(Transformer_NonRecursive):
 
     def prelude(self, children):
         return list(children)
+
+    # -- loss rules ---------------------------------------------------------------------------
+    def loss_spec(self, children):
+        (name, name_pos, doc), *items = children
+        hypers = [i for i in items if isinstance(i, ast.Hyper)]
+        funcs = [i for i in items if isinstance(i, ast.FuncDef)]
+        imports = [i for i in items if isinstance(i, ast.Import)]
+        inputs = [i for i in items if isinstance(i, ast.LossInput)]
+        reductions = [i for i in items if isinstance(i, tuple) and i[0] == "reduction"]
+        values = [i for i in items if isinstance(i, tuple) and i[0] == "value"]
+        if len(reductions) > 1:
+            raise SpecError("a loss declares its default `reduction` once; this is a second one", reductions[1][1])
+        if len(values) > 1:
+            raise SpecError(
+                f"a loss has exactly one value block; this is a second one (the first is on line {values[0][1].line})",
+                values[1][1],
+            )
+        if not values:
+            raise SpecError(f"loss {name} has no `value {{ ... }}` block", name_pos)
+        order = []
+        for item in items:
+            if isinstance(item, ast.LossInput):
+                order.append(("input", item.name))
+            elif isinstance(item, ast.Hyper):
+                order.append(("hyper", item.name))
+            elif isinstance(item, tuple) and item[0] == "reduction":
+                order.append(("reduction", "reduction"))
+        reduction, reduction_pos = (reductions[0][2], reductions[0][1]) if reductions else (None, None)
+        _, body_pos, body = values[0]
+        return ast.LossSpec(name, name_pos, doc, hypers, funcs, imports, inputs, reduction, reduction_pos, order,
+                            body, body_pos, self.path, self.source)
+
+    def loss_header(self, children):
+        return self.header(children)
+
+    def input_decl(self, children):
+        name, role, default, differentiable = children
+        return ast.LossInput(_pos(name), str(name), str(role), _pos(role), default, differentiable is not None)
+
+    def reduction_decl(self, children):
+        (text,) = children
+        return ("reduction", _pos(text), str(text)[1:-1])
+
+    @v_args(meta=True)
+    def value_block(self, meta, children):
+        return ("value", _pos(meta), children[0])
 
     def header(self, children):
         name, doc = children
@@ -380,9 +455,12 @@ def parse_text(source: str, path: str = "<spec>", start: str = "start"):
     try:
         _check_size(source)
         if start == "start" and not _has_tokens(source):
-            raise SpecError("empty spec: a spec starts with `optimizer Name`", Position(1, 1))
+            raise SpecError("empty spec: a spec starts with `optimizer Name` (or `loss Name`)", Position(1, 1))
         try:
-            tree = _lark().parse(source, start=start)
+            if start == "start" and is_loss_text(source):
+                tree = _loss_lark().parse(source)
+            else:
+                tree = _lark().parse(source, start=start)
         except UnexpectedInput as exc:
             raise _syntax_error(exc, source, start) from None
         _check_tokens(tree)
@@ -420,7 +498,7 @@ _EXPECTED_NAMES = {
     "EQUAL": "'='", "COLON": "':'",
 }
 _KEYWORDS = ("optimizer", "import", "hyper", "state", "def", "update", "if", "elif", "else", "as", "where",
-             "and", "or", "not", "true", "false")
+             "and", "or", "not", "true", "false", "input", "reduction", "value", "differentiable")
 _EXPR_START = {"NAME", "NUMBER", "LPAR", "UNARY_OP", "NOT", "TRUE", "FALSE"}
 _OPERATORS = {"ADD_OP", "MUL_OP", "POW_OP", "COMPARE_OP", "AND", "OR"}
 _CHARACTER_HINTS = {
@@ -648,3 +726,12 @@ def _resolve_imports(imports, importer: Path, display: str, source: str, out: li
         nested = [i for i in items if isinstance(i, ast.Import)]
         _resolve_imports(nested, target, target_display, text, out, chain + [(target, target_display)], done)
         out.extend(i for i in items if isinstance(i, ast.FuncDef))
+
+
+def is_loss_file(path) -> bool:
+    """Whether a spec file holds a loss rule (`loss Name`) rather than an optimizer. Unreadable
+    files are left to `parse_file` to report."""
+    try:
+        return is_loss_text(decode(Path(path).read_bytes(), str(path)))
+    except (OSError, SpecError):
+        return False
