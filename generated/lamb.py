@@ -134,7 +134,7 @@ def _lamb_reduce1_kernel_grad_averaging(
 @_jit
 def _lamb_kernel_grad_averaging(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, sum_2_ptr, sum_3_ptr, sum_4_ptr, sum_5_ptr,
-    beta1, beta2, weight_decay, eps, maximize, c0_2, c1_2, c2_2,
+    beta1, beta2, weight_decay, eps, maximize, c0, c1_2, c2_2,
     n_elements, n_cols,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -152,7 +152,7 @@ def _lamb_kernel_grad_averaging(
     tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
     tmp1_2 = (tmp0_2 == 0.0)
     exp_avg_new = beta1*exp_avg + c1_2*grad
-    exp_avg_sq_new = beta2*exp_avg_sq + c0_2*grad * grad
+    exp_avg_sq_new = beta2*exp_avg_sq + c0*grad * grad
     u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
     tl.store(param_ptr + offsets, (c2_2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
     tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
@@ -173,7 +173,6 @@ def _lamb_launch_grad_averaging(param, grad, state, h, inputs):
     c1 = h0
     c2 = h1
     c3 = h1*(-1.0 if maximize else 1.0)
-    c0_2 = 1 - beta2
     c1_2 = (1 - beta1)*(-1.0 if maximize else 1.0)
     c2_2 = -lr/(1 - _pow(beta1, step))
     weight_norm = state["weight_norm"]
@@ -188,7 +187,7 @@ def _lamb_launch_grad_averaging(param, grad, state, h, inputs):
     sum_3 = partials[:, 1].sum()
     sum_4 = partials[:, 2].sum()
     sum_5 = partials[:, 3].sum()
-    _lamb_kernel_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0_2, c1_2, c2_2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    _lamb_kernel_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1_2, c2_2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
     new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
     new_adam_norm = torch.sqrt(sum_5)
     new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))
@@ -225,7 +224,7 @@ def _lamb_reduce1_kernel_not_grad_averaging(
 @_jit
 def _lamb_kernel_not_grad_averaging(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, sum_2_ptr, sum_3_ptr, sum_4_ptr, sum_5_ptr,
-    beta1, beta2, weight_decay, eps, maximize, c0_2, c1_2, c2,
+    beta1, beta2, weight_decay, eps, maximize, c0, c1, c2,
     n_elements, n_cols,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -242,8 +241,8 @@ def _lamb_kernel_not_grad_averaging(
     sum_5 = tl.load(sum_5_ptr).to(tl.float32)
     tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
     tmp1_2 = (tmp0_2 == 0.0)
-    exp_avg_sq_new = beta2*exp_avg_sq + c0_2*grad * grad
-    g_2 = c1_2*grad
+    exp_avg_sq_new = beta2*exp_avg_sq + c0*grad * grad
+    g_2 = c1*grad
     exp_avg_new = beta1*exp_avg + g_2
     u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
     tl.store(param_ptr + offsets, (c2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
@@ -261,8 +260,6 @@ def _lamb_launch_not_grad_averaging(param, grad, state, h, inputs):
     step = h["step"]
     c0 = 1 - beta2
     c1 = (-1.0 if maximize else 1.0)
-    c0_2 = 1 - beta2
-    c1_2 = (-1.0 if maximize else 1.0)
     c2 = -lr/(1 - _pow(beta1, step))
     weight_norm = state["weight_norm"]
     adam_norm = state["adam_norm"]
@@ -276,7 +273,7 @@ def _lamb_launch_not_grad_averaging(param, grad, state, h, inputs):
     sum_3 = partials[:, 1].sum()
     sum_4 = partials[:, 2].sum()
     sum_5 = partials[:, 3].sum()
-    _lamb_kernel_not_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0_2, c1_2, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    _lamb_kernel_not_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
     new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
     new_adam_norm = torch.sqrt(sum_5)
     new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))

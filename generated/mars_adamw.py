@@ -144,7 +144,7 @@ def _mars_adam_w_reduce1_kernel_optimize_1d_or_ndim_ge_2(
 @_jit
 def _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, last_grad_ptr, sum_2_ptr, sum_3_ptr, sum_4_ptr,
-    beta2, eps, maximize, c0_2, c1_2, c2, c3, c4, c5,
+    beta2, eps, maximize, c0_2, c1, c2, c3, c4, c5,
     n_elements, n_cols,
     BLOCK_SIZE: tl.constexpr,
 ):
@@ -160,7 +160,7 @@ def _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2(
     sum_3 = tl.load(sum_3_ptr).to(tl.float32)
     sum_4 = tl.load(sum_4_ptr).to(tl.float32)
     tmp0_2 = ((maximize & (tl.sqrt(sum_2) > 1.0)) | ((~maximize) & (tl.sqrt(sum_3) > 1.0)))
-    last_grad_new = c1_2*grad
+    last_grad_new = c1*grad
     c_2 = c2*(-last_grad + last_grad_new) + last_grad_new
     tmp1 = c_2 * c_2
     tmp2 = beta2*exp_avg_sq + c3*tl.where(tmp0_2, tmp1/sum_4, tmp1)
@@ -185,7 +185,6 @@ def _mars_adam_w_launch_optimize_1d_or_ndim_ge_2(param, grad, state, h, inputs):
     c1 = (-1.0 if maximize else 1.0)
     h0 = 1 - beta1
     c0_2 = -lr*weight_decay + 1
-    c1_2 = (-1.0 if maximize else 1.0)
     c2 = beta1*gamma/h0
     c3 = 1 - beta2
     c4 = h0
@@ -198,7 +197,7 @@ def _mars_adam_w_launch_optimize_1d_or_ndim_ge_2(param, grad, state, h, inputs):
     sum_2 = partials[:, 0].sum()
     sum_3 = partials[:, 1].sum()
     sum_4 = partials[:, 2].sum()
-    _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], state["last_grad"], sum_2, sum_3, sum_4, beta2, eps, maximize, c0_2, c1_2, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], state["last_grad"], sum_2, sum_3, sum_4, beta2, eps, maximize, c0_2, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit

@@ -455,20 +455,38 @@ def _plan_staged_variant(lowered, variant, global_symbols, global_kinds, base_na
     device_outputs = {k: v for k, v in outputs.items() if k != "param" and state_kinds[k] in (ROW, COL, UNIFORM)}
     host_outputs = {k: v for k, v in outputs.items() if k != "param" and state_kinds[k] == HOST}
     final = _plan_block(lowered, variant.key, element_outputs, local_names, names, device, kinds)
-    torch_values = {f"_reduce_{s.symbol.name}": s.arg for _, s in passes if _ == "torch"}
+    torch_values = {f"_reduce_{s.symbol.name}": s.arg for kind, s in passes if kind == "torch"}
     torch_values.update({f"_new_{k}": v for k, v in device_outputs.items()})
     torch_values.update({f"_host_{k}": v for k, v in host_outputs.items()})
-    # No CSE across torch values: they are computed at different points of the step.
-    torch_block = _plan_block(lowered, variant.key, {}, [], names, device, kinds)
-    torch_block.outputs = {}
+    # Hoisted only, no CSE: these values are computed at different points of the step.
     hoist = _Hoister(device)
-    torch_block.outputs = {k: hoist(v) for k, v in torch_values.items()}
-    hoisted = {sym: expr for expr, sym in hoist.defs.items()}
-    renames = {sym: sympy.Symbol(names.fresh(f"c{i}"), real=True) for i, sym in enumerate(hoisted)}
-    torch_block.host_defs = [(renames[sym], expr.xreplace(renames)) for sym, expr in hoisted.items()]
-    torch_block.outputs = {k: v.xreplace(renames) for k, v in torch_block.outputs.items()}
-    host_names = _host_names(checked)
-    torch_block.host_inputs = sorted({s.name for _, e in torch_block.host_defs for s in e.free_symbols} & host_names
-                                     | {s.name for e in torch_block.outputs.values() for s in e.free_symbols} & host_names,
-                                     key=_arg_order(checked, []))
+    torch_outputs = {k: hoist(v) for k, v in torch_values.items()}
+    renames = {sym: sympy.Symbol(names.fresh(f"c{i}"), real=True) for i, sym in enumerate(hoist.values)}
+    torch_defs = [(renames[sym], expr.xreplace(renames)) for sym, expr in hoist.values.items()]
+    torch_outputs = {k: v.xreplace(renames) for k, v in torch_outputs.items()}
+    used = set().union(*(e.free_symbols for _, e in torch_defs), *(e.free_symbols for e in torch_outputs.values()))
+    host_inputs = sorted({s.name for s in used} & _host_names(checked), key=_arg_order(checked, []))
+    torch_block = KernelPlan("", [variant.key], [], [], torch_defs, host_inputs, [], [], torch_outputs)
+    _share_host_defs([b for kind, b in passes if kind == "kernel"] + [final, torch_block])
     return StagedPlan("", [variant.key], passes, torch_block, final, device_outputs, host_outputs, steps)
+
+
+def _share_host_defs(blocks) -> None:
+    """One launcher computes the host scalars of all its blocks: a scalar an earlier block already
+    defines (the same expression) is reused instead of computed again."""
+    known: dict = {}  # expression -> symbol that holds it
+    alias: dict = {}
+    for block in blocks:
+        kept = []
+        for symbol, expr in block.host_defs:
+            expr = expr.xreplace(alias)
+            if expr in known:
+                alias[symbol] = known[expr]
+            else:
+                known[expr] = symbol
+                kept.append((symbol, expr))
+        block.host_defs = kept
+        block.body = [(sym, e.xreplace(alias)) for sym, e in block.body]
+        block.outputs = {k: v.xreplace(alias) for k, v in block.outputs.items()}
+        names = {s.name: a.name for s, a in alias.items()}
+        block.scalar_args = list(dict.fromkeys(names.get(a, a) for a in block.scalar_args))
