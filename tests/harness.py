@@ -46,6 +46,12 @@ class OptimInfo:
     # cannot be checked by running one oracle per parameter subset.
     global_reduction: bool = False
 
+    def bound(self, dtype) -> float:
+        """One relative bound for params and every state: `tolerance[dtype]`, widened at fp64 by
+        `state_tolerance` (a state the oracle keeps in lower precision moves the rest too)."""
+        base = self.tolerance[dtype]
+        return max([base, *self.state_tolerance.values()]) if dtype == torch.float64 else base
+
     @property
     def generated(self):
         module = importlib.import_module(f"generated.{self.spec}")

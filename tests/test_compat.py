@@ -77,11 +77,6 @@ def _set_grads(grads, *param_lists):
             p.grad = None if g is None else g.clone()
 
 
-def _oracle_tol(record):
-    """fp64 bound against the oracle: TOL, or the record's own where the oracle keeps a state in
-    lower precision (NAdam's float32 mu_product)."""
-    return max([TOL, record.tolerance[torch.float64], *record.state_tolerance.values()])
-
 
 def _assert_same(opt_a, params_a, opt_b, params_b, where, tol=TOL, state_map=None):
     """Params and every state equal within `tol` (state_map: a's state name -> b's; default: the
@@ -191,7 +186,7 @@ def test_lr_schedulers_drive_both_identically(record, name):
         _set_grads(make_grads(pt, step), pt, po)
         torch_opt.step()
         ours.step()
-        _assert_same(torch_opt, pt, ours, po, f"{name} step {step}", _oracle_tol(record))
+        _assert_same(torch_opt, pt, ours, po, f"{name} step {step}", record.bound(torch.float64))
         if name == "ReduceLROnPlateau":
             sched_t.step(PLATEAU_METRICS[step - 1])
             sched_o.step(PLATEAU_METRICS[step - 1])
@@ -235,7 +230,7 @@ def test_one_cycle_momentum_values_are_read_by_the_update(record):
         for opt, sched in zip((torch_opt, ours, no_cycle), scheds):
             opt.step()
             sched.step()
-        _assert_same(torch_opt, pt, ours, po, f"step {step}", _oracle_tol(record))
+        _assert_same(torch_opt, pt, ours, po, f"step {step}", record.bound(torch.float64))
     assert any(rel_error(a, b) > 1e-6 for a, b in zip(po, pn)), "momentum cycling had no effect"
 
 
@@ -274,7 +269,7 @@ def _resume_multi_group(record, make_first, make_second):
     second_params = [p.detach().clone().requires_grad_() for p in first_params]
     second = make_second(_groups(record, second_params, config), config)
     second.load_state_dict(_through_disk(saved))
-    _assert_same(first, first_params, second, second_params, "right after loading", _oracle_tol(record))
+    _assert_same(first, first_params, second, second_params, "right after loading", record.bound(torch.float64))
     for a, b in zip(first.param_groups, second.param_groups):
         for key in a:
             if key != "params" and key in b:
@@ -284,7 +279,7 @@ def _resume_multi_group(record, make_first, make_second):
         _set_grads(grads, first_params, second_params)
         first.step()
         second.step()
-        _assert_same(first, first_params, second, second_params, f"step {step}", _oracle_tol(record))
+        _assert_same(first, first_params, second, second_params, f"step {step}", record.bound(torch.float64))
     assert first.state[first_params[-1]], "the late param never trained"
 
 
@@ -363,8 +358,8 @@ def test_deepcopy_mid_run_is_identical_and_independent(record, backend):
             for key in ours.state[a]:
                 assert torch.equal(ours.state[a][key], clone.state[b][key]), f"step {step}: state {key!r}"
         if backend == "torch":  # the Triton kernels' fp64 rounding is test_triton's business
-            _assert_same(torch_opt, pt, ours, po, f"original, step {step}", _oracle_tol(record))
-            _assert_same(torch_clone, ptc, clone, pc, f"copy, step {step}", _oracle_tol(record))
+            _assert_same(torch_opt, pt, ours, po, f"original, step {step}", record.bound(torch.float64))
+            _assert_same(torch_clone, ptc, clone, pc, f"copy, step {step}", record.bound(torch.float64))
     # Stepping one leaves the other alone, both ways.
     before = _snapshot(ours, po)
     _set_grads(make_grads(pc, 50), pc)
@@ -434,7 +429,7 @@ def test_state_dict_is_deterministic_and_keys_match_torch(record):
 def test_zero_grad_set_to_none_false_then_zero_grad_steps(record):
     if record.oracle is None:
         pytest.skip("no oracle")
-    tol = _oracle_tol(record)
+    tol = record.bound(torch.float64)
     for index, config in enumerate(record.configs):
         pt, po = make_params(SHAPES, torch.float64), make_params(SHAPES, torch.float64)
         oracle = record.oracle(pt, **_oracle_kwargs(record, config))
@@ -463,7 +458,7 @@ def test_add_param_group_mid_run(record, backend):
     Besides, the new group's params and state equal those of a fresh generated optimizer given
     only them."""
     dtype = torch.float64 if backend == "torch" else torch.float32
-    tol = max([record.tolerance[dtype], *record.state_tolerance.values()]) if dtype == torch.float64 else record.tolerance[dtype]
+    tol = record.bound(dtype)
     config = _config(record)
     oracle_config = _oracle_kwargs(record, config)
     lr = config.get("lr", _default(record, "lr")) * 2

@@ -65,21 +65,17 @@ def _resume(make_first, make_second, tol=TOL):
         _assert_same(first, first_params, second, second_params, f"step {step}", tol)
 
 
-def _oracle_tol(record):
-    """TOL, or the record's own bound where the oracle keeps a state in lower precision."""
-    return max([TOL, record.tolerance[torch.float64], *record.state_tolerance.values()])
-
 
 @pytest.mark.parametrize("record, config", CASES)
 def test_torch_checkpoint_loads_into_generated(record, config):
     _resume(lambda ps: record.oracle(ps, **config), lambda ps: record.generated(ps, backend="torch", **config),
-            _oracle_tol(record))
+            record.bound(torch.float64))
 
 
 @pytest.mark.parametrize("record, config", CASES)
 def test_generated_checkpoint_loads_into_torch(record, config):
     _resume(lambda ps: record.generated(ps, backend="torch", **config), lambda ps: record.oracle(ps, **config),
-            _oracle_tol(record))
+            record.bound(torch.float64))
 
 
 @pytest.mark.parametrize("record, config", CASES)
