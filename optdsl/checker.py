@@ -344,7 +344,7 @@ class _Checker:
             raise self.error(f"cannot assign to the constant {target!r}", stmt.pos)
         self.reserved(target, stmt.pos)
         value = self.top(stmt.value, scope)
-        if value.type != NUM:
+        if value.type != NUM and (target in self.states or target == "param"):
             raise self.error(f"{target} must be a number; this is a condition (use where(c, a, b))", stmt.value.pos)
         kind = value.kind
         if target in self.states and self.states[target].shape != ELEMENT:
@@ -353,7 +353,7 @@ class _Checker:
             kind = ELEMENT  # tensors stay tensors even when assigned a scalar
         elif target not in self.local_defs:
             self.local_defs[target] = stmt
-        scope[target] = (kind, NUM)
+        scope[target] = (kind, value.type)
         self.expanded[target] = self.shapes.get(value, _LEAF)._replace(depth=1)
         return ast.Assign(stmt.pos, target, value)
 
@@ -417,6 +417,10 @@ class _Checker:
         # A name is defined after the `if` only when every branch defines it.
         for name in set.intersection(*(set(s) for s in branch_scopes)):
             kinds = {s[name][0] for s in branch_scopes}
+            if len({s[name][1] for s in branch_scopes}) > 1:
+                raise self.error(
+                    f"{name!r} is a condition on one path through this `if` and a number on another",
+                    stmt.pos)
             # Keep the name's type: flags (BOOL hyperparameters) stay conditions after an `if`;
             # forcing NUM here broke `if flag` following any earlier `if`.
             scope[name] = (join_kinds(*kinds), branch_scopes[0][name][1])

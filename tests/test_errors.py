@@ -229,6 +229,26 @@ def test_comparison_assigned_as_a_number(tmp_path, capsys):
     assert_error(tmp_path, capsys, text, 6, 16, "buf must be a number; this is a condition")
 
 
+def test_condition_local_used_as_a_number(tmp_path, capsys):
+    text = body("""
+        positive = grad > 0
+        param = param - lr * positive
+    """)
+    assert_error(tmp_path, capsys, text, 7, 26, "'*' needs numbers, but this is a condition")
+
+
+def test_local_that_is_a_condition_on_one_path_and_a_number_on_another(tmp_path, capsys):
+    text = body("""
+        if flag {
+            keep = grad > 0
+        } else {
+            keep = 1
+        }
+        param = param - lr * where(keep, grad, 0)
+    """)
+    assert_error(tmp_path, capsys, text, 6, 5, "'keep' is a condition on one path through this `if` and a number on another")
+
+
 def test_number_used_as_a_condition(tmp_path, capsys):
     text = body("""
         buf = where(grad > 0 and lr, grad, 0)

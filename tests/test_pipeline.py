@@ -120,3 +120,42 @@ def test_states_that_alias_each_other_are_written_back_correctly(tmp_path, numel
         p = p - 0.1 * (a + b)
         assert torch.equal(opt.state[param]["a"], a) and torch.equal(opt.state[param]["b"], b)
         assert torch.allclose(param.detach(), p)
+
+
+CONDITION_LOCALS_SPEC = """
+optimizer ConditionLocals \"\"\"Conditions bound to names: one on the host picks the kernel, one per element.\"\"\"
+hyper lr = 0.1
+hyper momentum = 0.0
+state buf = 0
+update {
+    heavy = momentum > 0.5 and lr < 1
+    if heavy {
+        buf = momentum * buf + grad
+    } else {
+        buf = grad
+    }
+    far = abs(param) > 1 or not heavy
+    param = param - lr * where(far, buf, 0.5 * buf)
+}
+"""
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_conditions_bound_to_names(tmp_path, momentum, backend):
+    spec = tmp_path / "condition_locals.opt"
+    spec.write_text(CONDITION_LOCALS_SPEC)
+    cls = optdsl.load(spec)
+    start = torch.linspace(-2, 2, 9)
+    param = start.clone().requires_grad_()
+    opt = cls([param], momentum=momentum, backend=backend)
+    buf, p = torch.zeros(9), start.clone()
+    for step in range(3):
+        grad = torch.linspace(-1, 1, 9) * (step + 1)
+        param.grad = grad
+        opt.step()
+        heavy = momentum > 0.5
+        buf = momentum * buf + grad if heavy else grad
+        far = (p.abs() > 1) | (not heavy)
+        p = p - 0.1 * torch.where(far, buf, 0.5 * buf)
+        assert torch.allclose(opt.state[param]["buf"], buf) and torch.allclose(param.detach(), p)
