@@ -212,7 +212,7 @@ class Adadelta(torch.optim.Optimizer):
 
     Args:
         params: iterable of parameters or dicts defining parameter groups.
-        lr: default 1; requires lr >= 0.
+        lr: default 1.0; requires lr >= 0.
         rho: default 0.9; requires 0 <= rho <= 1.
         eps: default 1e-06; requires eps >= 0.
         weight_decay: default 0; requires weight_decay >= 0.
@@ -226,7 +226,7 @@ class Adadelta(torch.optim.Optimizer):
     def __init__(
         self,
         params,
-        lr=1,
+        lr=1.0,
         rho=0.9,
         eps=1e-06,
         weight_decay=0,

@@ -757,9 +757,12 @@ class AdamP(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -775,10 +778,11 @@ class AdamP(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):

@@ -233,7 +233,7 @@ def _global_launch(param, grad, state, h):
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
     _adam_w_clip_global_global_kernel[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    return torch.stack([partials[:, 0].sum()])
+    return partials.sum(0)
 
 
 def _global_reference(param, grad, state, h):
@@ -373,7 +373,7 @@ class AdamWClipGlobal(torch.optim.Optimizer):
         weight_decay: default 0.01; requires weight_decay >= 0.
         amsgrad: default False.
         maximize: default False.
-        max_norm: default 1; requires max_norm >= 0.
+        max_norm: default 1.0; requires max_norm >= 0.
         backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton"
             or "torch".
 
@@ -389,7 +389,7 @@ class AdamWClipGlobal(torch.optim.Optimizer):
         weight_decay=0.01,
         amsgrad=False,
         maximize=False,
-        max_norm=1,
+        max_norm=1.0,
         *,
         backend="auto",
     ):
@@ -445,11 +445,14 @@ class AdamWClipGlobal(torch.optim.Optimizer):
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
         totals = self._global_totals(work)
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
-            for name, total in totals.items():
-                inputs[name] = total.to(device=param.device, dtype=compute)
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
+                for name, total in totals.items():
+                    inputs[name] = total.to(device=param.device, dtype=compute)
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -465,10 +468,11 @@ class AdamWClipGlobal(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _global_totals(self, work):
@@ -489,7 +493,8 @@ class AdamWClipGlobal(torch.optim.Optimizer):
         if not contributions:
             return {}
         device = contributions[0].device
-        stacked = torch.stack([c.to(device=device, dtype=torch.float64) for c in contributions])
+        # Combined in float64, in parameter order: the same totals every run.
+        stacked = torch.stack([c.to(device=device) for c in contributions]).to(torch.float64)
         return {name: getattr(stacked[:, index], finish)() for index, (name, finish) in enumerate(_GLOBALS.items())}
 
     def _apply(self, param, grad, state, h, variant, inputs):

@@ -310,7 +310,7 @@ class AdamWClipValue(torch.optim.Optimizer):
         weight_decay: default 0.01; requires weight_decay >= 0.
         amsgrad: default False.
         maximize: default False.
-        clip_value: default 1; requires clip_value >= 0.
+        clip_value: default 1.0; requires clip_value >= 0.
         backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton"
             or "torch".
 
@@ -326,7 +326,7 @@ class AdamWClipValue(torch.optim.Optimizer):
         weight_decay=0.01,
         amsgrad=False,
         maximize=False,
-        clip_value=1,
+        clip_value=1.0,
         *,
         backend="auto",
     ):

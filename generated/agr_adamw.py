@@ -148,6 +148,35 @@ def _agr_adam_w_kernel_amsgrad(
     tl.store(max_exp_avg_sq_ptr + offsets, (max_exp_avg_sq_new).to(max_exp_avg_sq_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _agr_adam_w_single_kernel_amsgrad(
+    grad_ptr, param_ptr, exp_avg_ptr, exp_avg_sq_ptr, max_exp_avg_sq_ptr,
+    beta2, eps, c0, c1, c2, c3, c4, c5,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, tl.abs(grad), 0.0), axis=0)
+    tmp0 = grad - grad*tl.abs(grad)/sum_2
+    tmp1 = (sum_2 > 0.0)
+    exp_avg_sq_new = beta2*exp_avg_sq + c1*tl.where(tmp1, tmp0 * tmp0, grad * grad)
+    max_exp_avg_sq_new = tl.maximum(exp_avg_sq_new, max_exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
+    regularized = tl.where(tmp1, tmp0, grad)
+    g = c3*regularized
+    exp_avg_new = c4*(-exp_avg + g) + exp_avg
+    tl.store(param_ptr + offsets, (c0*param + c5*exp_avg_new/(c2*tl.sqrt(max_exp_avg_sq_new) + eps)).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    tl.store(max_exp_avg_sq_ptr + offsets, (max_exp_avg_sq_new).to(max_exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+
+
 def _agr_adam_w_launch_amsgrad(param, grad, state, h, inputs):
     lr = h["lr"]
     beta1 = h["beta1"]
@@ -165,10 +194,14 @@ def _agr_adam_w_launch_amsgrad(param, grad, state, h, inputs):
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
-    _agr_adam_w_reduce1_kernel_amsgrad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    _agr_adam_w_kernel_amsgrad[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], sum_2, beta2, eps, c0, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _agr_adam_w_single_kernel_amsgrad[(1,)](grad, param, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], beta2, eps, c0, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
+        _agr_adam_w_reduce1_kernel_amsgrad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        _agr_adam_w_kernel_amsgrad[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], state["max_exp_avg_sq"], sum_2, beta2, eps, c0, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -211,6 +244,33 @@ def _agr_adam_w_kernel_not_amsgrad(
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _agr_adam_w_single_kernel_not_amsgrad(
+    grad_ptr, param_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+    beta2, eps, c0, c1, c2, c3, c4, c5,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, tl.abs(grad), 0.0), axis=0)
+    tmp0 = grad - grad*tl.abs(grad)/sum_2
+    tmp1 = (sum_2 > 0.0)
+    exp_avg_sq_new = beta2*exp_avg_sq + c1*tl.where(tmp1, tmp0 * tmp0, grad * grad)
+    regularized = tl.where(tmp1, tmp0, grad)
+    g = c3*regularized
+    exp_avg_new = c4*(-exp_avg + g) + exp_avg
+    denom = c2*tl.sqrt(exp_avg_sq_new) + eps
+    tl.store(param_ptr + offsets, (c0*param + c5*exp_avg_new/denom).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+
+
 def _agr_adam_w_launch_not_amsgrad(param, grad, state, h, inputs):
     lr = h["lr"]
     beta1 = h["beta1"]
@@ -228,10 +288,14 @@ def _agr_adam_w_launch_not_amsgrad(param, grad, state, h, inputs):
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
-    _agr_adam_w_reduce1_kernel_not_amsgrad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    _agr_adam_w_kernel_not_amsgrad[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, beta2, eps, c0, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _agr_adam_w_single_kernel_not_amsgrad[(1,)](grad, param, state["exp_avg"], state["exp_avg_sq"], beta2, eps, c0, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
+        _agr_adam_w_reduce1_kernel_not_amsgrad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        _agr_adam_w_kernel_not_amsgrad[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, beta2, eps, c0, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,9 +491,12 @@ class AGRAdamW(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -445,10 +512,11 @@ class AGRAdamW(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):

@@ -154,6 +154,37 @@ def _agr_adan_kernel_fresh_previous_grad(
     tl.store(previous_grad_ptr + offsets, (previous_grad_new).to(previous_grad_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _agr_adan_single_kernel_fresh_previous_grad(
+    grad_ptr, param_ptr, exp_avg_ptr, exp_avg_diff_ptr, exp_avg_sq_ptr, previous_grad_ptr,
+    beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_diff = tl.load(exp_avg_diff_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, tl.abs(grad), 0.0), axis=0)
+    tmp0 = grad - grad*tl.abs(grad)/sum_2
+    tmp1 = (sum_2 > 0.0)
+    exp_avg_diff_new = beta2*exp_avg_diff
+    exp_avg_sq_new = beta3*exp_avg_sq + c0*tl.where(tmp1, tmp0 * tmp0, grad * grad)
+    previous_grad_new = tl.where(tmp1, tmp0, grad)
+    exp_avg_new = beta1*exp_avg + c2*previous_grad_new
+    denom = c1*tl.sqrt(exp_avg_sq_new) + eps
+    direction = c3*exp_avg_new + c4*exp_avg_diff
+    tl.store(param_ptr + offsets, (c6*(c5*direction/denom + param)).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_diff_ptr + offsets, (exp_avg_diff_new).to(exp_avg_diff_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    tl.store(previous_grad_ptr + offsets, (previous_grad_new).to(previous_grad_ptr.dtype.element_ty), mask=mask)
+
+
 def _agr_adan_launch_fresh_previous_grad(param, grad, state, h, inputs):
     lr = h["lr"]
     beta1 = h["beta1"]
@@ -172,10 +203,14 @@ def _agr_adan_launch_fresh_previous_grad(param, grad, state, h, inputs):
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
-    _agr_adan_reduce1_kernel_fresh_previous_grad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    _agr_adan_kernel_fresh_previous_grad[grid](param, grad, state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], state["previous_grad"], sum_2, beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _agr_adan_single_kernel_fresh_previous_grad[(1,)](grad, param, state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], state["previous_grad"], beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
+        _agr_adan_reduce1_kernel_fresh_previous_grad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        _agr_adan_kernel_fresh_previous_grad[grid](param, grad, state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], state["previous_grad"], sum_2, beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -222,6 +257,37 @@ def _agr_adan_kernel_not_fresh_previous_grad(
     tl.store(previous_grad_ptr + offsets, (previous_grad_new).to(previous_grad_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _agr_adan_single_kernel_not_fresh_previous_grad(
+    grad_ptr, param_ptr, exp_avg_ptr, exp_avg_diff_ptr, exp_avg_sq_ptr, previous_grad_ptr,
+    beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, c7,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_diff = tl.load(exp_avg_diff_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    previous_grad = tl.load(previous_grad_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, tl.abs(grad), 0.0), axis=0)
+    previous_grad_new = tl.where((sum_2 > 0.0), grad - grad*tl.abs(grad)/sum_2, grad)
+    exp_avg_new = beta1*exp_avg + c2*previous_grad_new
+    diff = -previous_grad + previous_grad_new
+    exp_avg_diff_new = beta2*exp_avg_diff + c4*diff
+    exp_avg_sq_new = beta3*exp_avg_sq + c0*(beta2*diff + previous_grad_new) * (beta2*diff + previous_grad_new)
+    denom = c1*tl.sqrt(exp_avg_sq_new) + eps
+    direction = c3*exp_avg_new + c5*exp_avg_diff_new
+    tl.store(param_ptr + offsets, (c7*(c6*direction/denom + param)).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_diff_ptr + offsets, (exp_avg_diff_new).to(exp_avg_diff_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    tl.store(previous_grad_ptr + offsets, (previous_grad_new).to(previous_grad_ptr.dtype.element_ty), mask=mask)
+
+
 def _agr_adan_launch_not_fresh_previous_grad(param, grad, state, h, inputs):
     lr = h["lr"]
     beta1 = h["beta1"]
@@ -241,10 +307,14 @@ def _agr_adan_launch_not_fresh_previous_grad(param, grad, state, h, inputs):
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
-    _agr_adan_reduce1_kernel_not_fresh_previous_grad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    _agr_adan_kernel_not_fresh_previous_grad[grid](param, grad, state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], state["previous_grad"], sum_2, beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, c7, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _agr_adan_single_kernel_not_fresh_previous_grad[(1,)](grad, param, state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], state["previous_grad"], beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, c7, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
+        _agr_adan_reduce1_kernel_not_fresh_previous_grad[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        _agr_adan_kernel_not_fresh_previous_grad[grid](param, grad, state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], state["previous_grad"], sum_2, beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, c7, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,9 +503,12 @@ class AGRAdan(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -452,10 +525,11 @@ class AGRAdan(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):

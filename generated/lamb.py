@@ -159,6 +159,41 @@ def _lamb_kernel_grad_averaging(
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _lamb_single_kernel_grad_averaging(
+    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, weight_norm_ptr, adam_norm_ptr, trust_ratio_ptr,
+    beta1, beta2, weight_decay, eps, c0, c1, c2, c3, maximize, c1_2, c2_2,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = param*weight_decay
+    tmp1 = beta1*exp_avg
+    tmp2 = 1.0 / (eps + tl.sqrt(beta2*exp_avg_sq + c0*grad * grad))
+    u = tmp0 + tmp2*(c3*grad + tmp1)
+    sum_2 = tl.sum(tl.where(mask, param * param, 0.0), axis=0)
+    sum_3 = tl.sum(tl.where(mask, (tmp0 + tmp2*(c1*grad + tmp1)) * (tmp0 + tmp2*(c1*grad + tmp1)), 0.0), axis=0)
+    sum_4 = tl.sum(tl.where(mask, (tmp0 + tmp2*(c2*grad + tmp1)) * (tmp0 + tmp2*(c2*grad + tmp1)), 0.0), axis=0)
+    sum_5 = tl.sum(tl.where(mask, u * u, 0.0), axis=0)
+    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
+    tmp1_2 = (tmp0_2 == 0.0)
+    exp_avg_new = beta1*exp_avg + c1_2*grad
+    exp_avg_sq_new = beta2*exp_avg_sq + c0*grad * grad
+    u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
+    tl.store(param_ptr + offsets, (c2_2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    tl.store(weight_norm_ptr, (tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)).to(weight_norm_ptr.dtype.element_ty))
+    tl.store(adam_norm_ptr, (tl.sqrt(sum_5)).to(adam_norm_ptr.dtype.element_ty))
+    tl.store(trust_ratio_ptr, (tl.where(((maximize & ((tl.sqrt(sum_3) == 0.0) | (tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL) == 0.0))) | ((~maximize) & ((tl.sqrt(sum_4) == 0.0) | (tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL) == 0.0)))), 1.0, tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)/(eps + tl.sqrt(sum_5)))).to(trust_ratio_ptr.dtype.element_ty))
+
+
 def _lamb_launch_grad_averaging(param, grad, state, h, inputs):
     lr = h["lr"]
     beta1 = h["beta1"]
@@ -181,19 +216,23 @@ def _lamb_launch_grad_averaging(param, grad, state, h, inputs):
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 4), device=param.device, dtype=torch.float32)
-    _lamb_reduce1_kernel_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], partials, beta1, beta2, weight_decay, eps, c0, c1, c2, c3, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    sum_3 = partials[:, 1].sum()
-    sum_4 = partials[:, 2].sum()
-    sum_5 = partials[:, 3].sum()
-    _lamb_kernel_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1_2, c2_2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
-    new_adam_norm = torch.sqrt(sum_5)
-    new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))
-    state["weight_norm"].copy_(new_weight_norm)
-    state["adam_norm"].copy_(new_adam_norm)
-    state["trust_ratio"].copy_(new_trust_ratio)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _lamb_single_kernel_grad_averaging[(1,)](param, grad, state["exp_avg"], state["exp_avg_sq"], weight_norm, adam_norm, trust_ratio, beta1, beta2, weight_decay, eps, c0, c1, c2, c3, maximize, c1_2, c2_2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 4), device=param.device, dtype=torch.float32)
+        _lamb_reduce1_kernel_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], partials, beta1, beta2, weight_decay, eps, c0, c1, c2, c3, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        sum_3 = partials[:, 1].sum()
+        sum_4 = partials[:, 2].sum()
+        sum_5 = partials[:, 3].sum()
+        _lamb_kernel_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1_2, c2_2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
+        new_adam_norm = torch.sqrt(sum_5)
+        new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))
+        state["weight_norm"].copy_(new_weight_norm)
+        state["adam_norm"].copy_(new_adam_norm)
+        state["trust_ratio"].copy_(new_trust_ratio)
 
 
 @_jit
@@ -250,6 +289,43 @@ def _lamb_kernel_not_grad_averaging(
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _lamb_single_kernel_not_grad_averaging(
+    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, weight_norm_ptr, adam_norm_ptr, trust_ratio_ptr,
+    beta1, beta2, weight_decay, eps, c0, c1, maximize, c2,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = param*weight_decay
+    tmp1 = beta1*exp_avg
+    tmp2 = 1.0 / (eps + tl.sqrt(beta2*exp_avg_sq + c0*grad * grad))
+    g = c1*grad
+    u = tmp0 + tmp2*(g + tmp1)
+    sum_2 = tl.sum(tl.where(mask, param * param, 0.0), axis=0)
+    sum_3 = tl.sum(tl.where(mask, (tmp0 + tmp2*(-grad + tmp1)) * (tmp0 + tmp2*(-grad + tmp1)), 0.0), axis=0)
+    sum_4 = tl.sum(tl.where(mask, (tmp0 + tmp2*(grad + tmp1)) * (tmp0 + tmp2*(grad + tmp1)), 0.0), axis=0)
+    sum_5 = tl.sum(tl.where(mask, u * u, 0.0), axis=0)
+    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
+    tmp1_2 = (tmp0_2 == 0.0)
+    exp_avg_sq_new = beta2*exp_avg_sq + c0*grad * grad
+    g_2 = c1*grad
+    exp_avg_new = beta1*exp_avg + g_2
+    u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
+    tl.store(param_ptr + offsets, (c2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    tl.store(weight_norm_ptr, (tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)).to(weight_norm_ptr.dtype.element_ty))
+    tl.store(adam_norm_ptr, (tl.sqrt(sum_5)).to(adam_norm_ptr.dtype.element_ty))
+    tl.store(trust_ratio_ptr, (tl.where(((maximize & ((tl.sqrt(sum_3) == 0.0) | (tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL) == 0.0))) | ((~maximize) & ((tl.sqrt(sum_4) == 0.0) | (tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL) == 0.0)))), 1.0, tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)/(eps + tl.sqrt(sum_5)))).to(trust_ratio_ptr.dtype.element_ty))
+
+
 def _lamb_launch_not_grad_averaging(param, grad, state, h, inputs):
     lr = h["lr"]
     beta1 = h["beta1"]
@@ -267,19 +343,23 @@ def _lamb_launch_not_grad_averaging(param, grad, state, h, inputs):
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 4), device=param.device, dtype=torch.float32)
-    _lamb_reduce1_kernel_not_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], partials, beta1, beta2, weight_decay, eps, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    sum_3 = partials[:, 1].sum()
-    sum_4 = partials[:, 2].sum()
-    sum_5 = partials[:, 3].sum()
-    _lamb_kernel_not_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
-    new_adam_norm = torch.sqrt(sum_5)
-    new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))
-    state["weight_norm"].copy_(new_weight_norm)
-    state["adam_norm"].copy_(new_adam_norm)
-    state["trust_ratio"].copy_(new_trust_ratio)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _lamb_single_kernel_not_grad_averaging[(1,)](param, grad, state["exp_avg"], state["exp_avg_sq"], weight_norm, adam_norm, trust_ratio, beta1, beta2, weight_decay, eps, c0, c1, maximize, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 4), device=param.device, dtype=torch.float32)
+        _lamb_reduce1_kernel_not_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], partials, beta1, beta2, weight_decay, eps, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        sum_3 = partials[:, 1].sum()
+        sum_4 = partials[:, 2].sum()
+        sum_5 = partials[:, 3].sum()
+        _lamb_kernel_not_grad_averaging[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        new_weight_norm = torch.clamp(torch.sqrt(sum_2), max=10.0)
+        new_adam_norm = torch.sqrt(sum_5)
+        new_trust_ratio = torch.where((((torch.sqrt(sum_3) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0)) if maximize else ((torch.sqrt(sum_4) == 0) | (torch.clamp(torch.sqrt(sum_2), max=10.0) == 0))), 1, torch.clamp(torch.sqrt(sum_2), max=10.0)/(eps + torch.sqrt(sum_5)))
+        state["weight_norm"].copy_(new_weight_norm)
+        state["adam_norm"].copy_(new_adam_norm)
+        state["trust_ratio"].copy_(new_trust_ratio)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,11 +384,11 @@ def _init_state(name, param, h):
     if name == "exp_avg_sq":
         return torch.zeros_like(param, memory_format=torch.preserve_format)
     if name == "weight_norm":
-        return torch.full((), 0, dtype=param.dtype, device=param.device)
+        return torch.full((), 0, dtype=_real(param).dtype, device=param.device)
     if name == "adam_norm":
-        return torch.full((), 0, dtype=param.dtype, device=param.device)
+        return torch.full((), 0, dtype=_real(param).dtype, device=param.device)
     if name == "trust_ratio":
-        return torch.full((), 1, dtype=param.dtype, device=param.device)
+        return torch.full((), 1, dtype=_real(param).dtype, device=param.device)
     raise KeyError(name)
 
 
@@ -483,9 +563,12 @@ class Lamb(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -501,10 +584,11 @@ class Lamb(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):

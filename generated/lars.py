@@ -135,6 +135,30 @@ def _lars_kernel_ndim_gt_1_momentum_gt_0_nesterov(
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(momentum_buffer_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _lars_single_kernel_ndim_gt_1_momentum_gt_0_nesterov(
+    param_ptr, grad_ptr, momentum_buffer_ptr,
+    weight_decay, momentum, trust_coefficient, c0, c1, c2,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, grad * grad, 0.0), axis=0)
+    sum_3 = tl.sum(tl.where(mask, param * param, 0.0), axis=0)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    tmp0 = (g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0)
+    momentum_buffer_new = c1*tmp0 + momentum*momentum_buffer
+    tl.store(param_ptr + offsets, (c2*(momentum*momentum_buffer_new + tmp0) + param).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(momentum_buffer_ptr.dtype.element_ty), mask=mask)
+
+
 def _lars_launch_ndim_gt_1_momentum_gt_0_nesterov(param, grad, state, h, inputs):
     lr = h["lr"]
     weight_decay = h["weight_decay"]
@@ -148,11 +172,15 @@ def _lars_launch_ndim_gt_1_momentum_gt_0_nesterov(param, grad, state, h, inputs)
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
-    _lars_reduce1_kernel_ndim_gt_1_momentum_gt_0_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    sum_3 = partials[:, 1].sum()
-    _lars_kernel_ndim_gt_1_momentum_gt_0_nesterov[grid](param, grad, state["momentum_buffer"], sum_2, sum_3, weight_decay, momentum, trust_coefficient, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _lars_single_kernel_ndim_gt_1_momentum_gt_0_nesterov[(1,)](param, grad, state["momentum_buffer"], weight_decay, momentum, trust_coefficient, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
+        _lars_reduce1_kernel_ndim_gt_1_momentum_gt_0_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        sum_3 = partials[:, 1].sum()
+        _lars_kernel_ndim_gt_1_momentum_gt_0_nesterov[grid](param, grad, state["momentum_buffer"], sum_2, sum_3, weight_decay, momentum, trust_coefficient, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -193,6 +221,29 @@ def _lars_kernel_ndim_gt_1_momentum_gt_0_not_nesterov(
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(momentum_buffer_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _lars_single_kernel_ndim_gt_1_momentum_gt_0_not_nesterov(
+    param_ptr, grad_ptr, momentum_buffer_ptr,
+    weight_decay, momentum, trust_coefficient, c0, c1, c2,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, grad * grad, 0.0), axis=0)
+    sum_3 = tl.sum(tl.where(mask, param * param, 0.0), axis=0)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    momentum_buffer_new = c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + momentum*momentum_buffer
+    tl.store(param_ptr + offsets, (c2*momentum_buffer_new + param).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(momentum_buffer_ptr.dtype.element_ty), mask=mask)
+
+
 def _lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov(param, grad, state, h, inputs):
     lr = h["lr"]
     weight_decay = h["weight_decay"]
@@ -206,11 +257,15 @@ def _lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov(param, grad, state, h, inp
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
-    _lars_reduce1_kernel_ndim_gt_1_momentum_gt_0_not_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    sum_3 = partials[:, 1].sum()
-    _lars_kernel_ndim_gt_1_momentum_gt_0_not_nesterov[grid](param, grad, state["momentum_buffer"], sum_2, sum_3, weight_decay, momentum, trust_coefficient, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _lars_single_kernel_ndim_gt_1_momentum_gt_0_not_nesterov[(1,)](param, grad, state["momentum_buffer"], weight_decay, momentum, trust_coefficient, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
+        _lars_reduce1_kernel_ndim_gt_1_momentum_gt_0_not_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        sum_3 = partials[:, 1].sum()
+        _lars_kernel_ndim_gt_1_momentum_gt_0_not_nesterov[grid](param, grad, state["momentum_buffer"], sum_2, sum_3, weight_decay, momentum, trust_coefficient, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -248,6 +303,26 @@ def _lars_kernel_ndim_gt_1_not_momentum_gt_0_nesterov(
     tl.store(param_ptr + offsets, (c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + param).to(param_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _lars_single_kernel_ndim_gt_1_not_momentum_gt_0_nesterov(
+    param_ptr, grad_ptr,
+    weight_decay, trust_coefficient, c0, c1,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, grad * grad, 0.0), axis=0)
+    sum_3 = tl.sum(tl.where(mask, param * param, 0.0), axis=0)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    tl.store(param_ptr + offsets, (c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + param).to(param_ptr.dtype.element_ty), mask=mask)
+
+
 def _lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov(param, grad, state, h, inputs):
     lr = h["lr"]
     weight_decay = h["weight_decay"]
@@ -258,11 +333,15 @@ def _lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov(param, grad, state, h, inp
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
-    _lars_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    sum_3 = partials[:, 1].sum()
-    _lars_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](param, grad, sum_2, sum_3, weight_decay, trust_coefficient, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _lars_single_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[(1,)](param, grad, weight_decay, trust_coefficient, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
+        _lars_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        sum_3 = partials[:, 1].sum()
+        _lars_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](param, grad, sum_2, sum_3, weight_decay, trust_coefficient, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -300,6 +379,26 @@ def _lars_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov(
     tl.store(param_ptr + offsets, (c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + param).to(param_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _lars_single_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov(
+    param_ptr, grad_ptr,
+    weight_decay, trust_coefficient, c0, c1,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.sum(tl.where(mask, grad * grad, 0.0), axis=0)
+    sum_3 = tl.sum(tl.where(mask, param * param, 0.0), axis=0)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    tl.store(param_ptr + offsets, (c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + param).to(param_ptr.dtype.element_ty), mask=mask)
+
+
 def _lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov(param, grad, state, h, inputs):
     lr = h["lr"]
     weight_decay = h["weight_decay"]
@@ -310,11 +409,15 @@ def _lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov(param, grad, state, h,
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
-    _lars_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    sum_3 = partials[:, 1].sum()
-    _lars_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](param, grad, sum_2, sum_3, weight_decay, trust_coefficient, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _lars_single_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov[(1,)](param, grad, weight_decay, trust_coefficient, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 2), device=param.device, dtype=torch.float32)
+        _lars_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        sum_3 = partials[:, 1].sum()
+        _lars_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](param, grad, sum_2, sum_3, weight_decay, trust_coefficient, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -635,9 +738,12 @@ class LARS(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -650,10 +756,11 @@ class LARS(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):

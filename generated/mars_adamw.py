@@ -172,6 +172,40 @@ def _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2(
     tl.store(last_grad_ptr + offsets, (last_grad_new).to(last_grad_ptr.dtype.element_ty), mask=mask)
 
 
+@_jit
+def _mars_adam_w_single_kernel_optimize_1d_or_ndim_ge_2(
+    grad_ptr, last_grad_ptr, param_ptr, exp_avg_ptr, exp_avg_sq_ptr,
+    c0, c1, beta2, eps, maximize, c0_2, c2, c3, c4, c5,
+    n_elements, n_cols,
+    BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    mask = offsets < n_elements
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    last_grad = tl.load(last_grad_ptr + offsets, mask=mask).to(tl.float32)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = -last_grad
+    g = c1*grad
+    c = c0*(g + tmp0) + g
+    sum_2 = tl.sum(tl.where(mask, (c0*(-grad - last_grad) - grad) * (c0*(-grad - last_grad) - grad), 0.0), axis=0)
+    sum_3 = tl.sum(tl.where(mask, (c0*(grad + tmp0) + grad) * (c0*(grad + tmp0) + grad), 0.0), axis=0)
+    sum_4 = tl.sum(tl.where(mask, c * c, 0.0), axis=0)
+    tmp0_2 = ((maximize & (tl.sqrt(sum_2) > 1.0)) | ((~maximize) & (tl.sqrt(sum_3) > 1.0)))
+    last_grad_new = c1*grad
+    c_2 = c2*(-last_grad + last_grad_new) + last_grad_new
+    tmp1 = c_2 * c_2
+    tmp2 = beta2*exp_avg_sq + c3*tl.where(tmp0_2, tmp1/sum_4, tmp1)
+    exp_avg_new = c4*(-exp_avg + tl.where(tmp0_2, c_2/tl.sqrt(sum_4), c_2)) + exp_avg
+    exp_avg_sq_new = tmp2
+    tl.store(param_ptr + offsets, (c0_2*param + c5*exp_avg_new/(eps + tl.sqrt(tmp2 + 1e-15))).to(param_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    tl.store(last_grad_ptr + offsets, (last_grad_new).to(last_grad_ptr.dtype.element_ty), mask=mask)
+
+
 def _mars_adam_w_launch_optimize_1d_or_ndim_ge_2(param, grad, state, h, inputs):
     lr = h["lr"]
     beta1 = h["beta1"]
@@ -192,12 +226,16 @@ def _mars_adam_w_launch_optimize_1d_or_ndim_ge_2(param, grad, state, h, inputs):
     n_elements = param.numel()
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 3), device=param.device, dtype=torch.float32)
-    _mars_adam_w_reduce1_kernel_optimize_1d_or_ndim_ge_2[grid](grad, state["last_grad"], partials, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    sum_2 = partials[:, 0].sum()
-    sum_3 = partials[:, 1].sum()
-    sum_4 = partials[:, 2].sum()
-    _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], state["last_grad"], sum_2, sum_3, sum_4, beta2, eps, maximize, c0_2, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    if n_elements <= BLOCK_SIZE:
+        # One program holds the whole tensor: reductions, update and per-tensor states in one launch.
+        _mars_adam_w_single_kernel_optimize_1d_or_ndim_ge_2[(1,)](grad, state["last_grad"], param, state["exp_avg"], state["exp_avg_sq"], c0, c1, beta2, eps, maximize, c0_2, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+    else:
+        partials = torch.empty((grid[0], 3), device=param.device, dtype=torch.float32)
+        _mars_adam_w_reduce1_kernel_optimize_1d_or_ndim_ge_2[grid](grad, state["last_grad"], partials, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+        sum_2 = partials[:, 0].sum()
+        sum_3 = partials[:, 1].sum()
+        sum_4 = partials[:, 2].sum()
+        _mars_adam_w_kernel_optimize_1d_or_ndim_ge_2[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], state["last_grad"], sum_2, sum_3, sum_4, beta2, eps, maximize, c0_2, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -475,9 +513,12 @@ class MARSAdamW(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -493,10 +534,11 @@ class MARSAdamW(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):

@@ -139,7 +139,7 @@ def _global_launch(param, grad, state, h):
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
     _sps_max_global_kernel[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    return torch.stack([partials[:, 0].sum()])
+    return partials.sum(0)
 
 
 def _global_reference(param, grad, state, h):
@@ -253,11 +253,11 @@ class SPSMax(torch.optim.Optimizer):
 
     Args:
         params: iterable of parameters or dicts defining parameter groups.
-        lr: default 1; requires lr >= 0.
-        c: default 1; requires c > 0.
+        lr: default 1.0; requires lr >= 0.
+        c: default 1.0; requires c > 0.
         f_star: default 0.
         eps: default 0; requires eps >= 0.
-        max_lr: default 1; requires max_lr >= 0.
+        max_lr: default 1.0; requires max_lr >= 0.
         backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton"
             or "torch".
 
@@ -267,11 +267,11 @@ class SPSMax(torch.optim.Optimizer):
     def __init__(
         self,
         params,
-        lr=1,
-        c=1,
+        lr=1.0,
+        c=1.0,
         f_star=0,
         eps=0,
-        max_lr=1,
+        max_lr=1.0,
         *,
         backend="auto",
     ):
@@ -327,12 +327,15 @@ class SPSMax(torch.optim.Optimizer):
         if work and loss is None:
             raise RuntimeError("SPSMax reads the loss: call step(closure) with a closure that returns it, or step(loss=loss)")
         totals = self._global_totals(work)
+        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = {}
-            inputs["loss"] = torch.as_tensor(loss).detach().to(device=param.device, dtype=compute)
-            for name, total in totals.items():
-                inputs[name] = total.to(device=param.device, dtype=compute)
+            inputs = device_inputs.get((param.device, compute))
+            if inputs is None:
+                inputs = device_inputs[(param.device, compute)] = {}
+                inputs["loss"] = torch.as_tensor(loss).detach().to(device=param.device, dtype=compute)
+                for name, total in totals.items():
+                    inputs[name] = total.to(device=param.device, dtype=compute)
             self._apply(param, grad, state, h, variant, inputs)
         return closure_loss if closure is not None else loss
 
@@ -345,10 +348,11 @@ class SPSMax(torch.optim.Optimizer):
         h["numel"] = float(real.numel())
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
+        h["machine_eps"] = torch.finfo(real.dtype).eps
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, real, h)
+                state[name] = _init_state(name, param, h)
         return param, grad, state, h, variant
 
     def _global_totals(self, work):
@@ -369,7 +373,8 @@ class SPSMax(torch.optim.Optimizer):
         if not contributions:
             return {}
         device = contributions[0].device
-        stacked = torch.stack([c.to(device=device, dtype=torch.float64) for c in contributions])
+        # Combined in float64, in parameter order: the same totals every run.
+        stacked = torch.stack([c.to(device=device) for c in contributions]).to(torch.float64)
         return {name: getattr(stacked[:, index], finish)() for index, (name, finish) in enumerate(_GLOBALS.items())}
 
     def _apply(self, param, grad, state, h, variant, inputs):

@@ -101,7 +101,7 @@ class If:
 
 Statement = Union[Assign, If]
 
-HyperValue = Union[float, bool, tuple]
+HyperValue = Union[float, bool, None, tuple]  # None: `none`, unset until the user gives a number
 
 
 @dataclass(eq=False)
@@ -120,6 +120,17 @@ class Hyper:
     @property
     def is_flag(self) -> bool:
         return isinstance(self.default, bool)
+
+    @property
+    def unset_names(self) -> tuple[str, ...]:
+        """The scalars that default to `none` (a component of a tuple, or the hyperparameter)."""
+        defaults = self.default if self.components else (self.default,)
+        return tuple(name for name, value in zip(self.scalar_names, defaults) if value is None)
+
+
+def none_flag(name: str) -> str:
+    """The host flag that `name == none` reads: whether an unset hyperparameter was left unset."""
+    return f"{name}_is_none"
 
 
 @dataclass(eq=False)

@@ -53,9 +53,10 @@ for _base in _SEGMENTED:
     REDUCTIONS[f"col_{_base}"] = (_base, COL)
 for _base in ("sum", "norm", "max"):
     REDUCTIONS[f"global_{_base}"] = (_base, "global")
-# Per-tensor values the update can read: shape facts (host numbers) and the step's loss.
-SHAPE_VALUES = ("numel", "ndim", "rows", "cols")
-BUILTIN_VALUES = SHAPE_VALUES + ("loss",)
+# Host values describing the tensor being updated; `machine_eps` is its dtype's epsilon, as
+# torch.finfo(param.dtype).eps (torch.optim.Adafactor's default eps1).
+TENSOR_VALUES = ("numel", "ndim", "rows", "cols", "machine_eps")
+BUILTIN_VALUES = TENSOR_VALUES + ("loss",)  # `loss`: the step's loss, one device value
 BUILTIN_TENSORS = ("param", "grad")
 READ_ONLY_REASONS = {
     "grad": "the gradient is read-only",
@@ -138,6 +139,7 @@ class _Checker:
         self.if_depth = 0
         self.uses_loss = False
         self.hyper_scalars: dict[str, str] = {}
+        self.unset: set[str] = set()  # hyperparameters that default to `none`
         self.states = {s.name: s for s in spec.states}
         self.funcs: dict[str, ast.FuncDef] = {}
         self.conditions: list[ast.Expr] = []
@@ -200,6 +202,10 @@ class _Checker:
                         claim(component, "hyperparameter", hyper.pos)
             for scalar in hyper.scalar_names:
                 self.hyper_scalars[scalar] = BOOL if hyper.is_flag else NUM
+            for scalar in hyper.unset_names:
+                claim(ast.none_flag(scalar), "hyperparameter flag", hyper.pos)
+                self.hyper_scalars[ast.none_flag(scalar)] = BOOL
+                self.unset.add(scalar)
         for state in self.spec.states:
             claim(state.name, "state", state.pos)
         for func in self.spec.funcs:
@@ -287,7 +293,7 @@ class _Checker:
                 scope[name] = (UNIFORM if name in self.device_scalars else HOST, NUM)
             else:
                 scope[name] = (state.shape, NUM)
-        scope.update({n: (HOST, NUM) for n in SHAPE_VALUES})
+        scope.update({n: (HOST, NUM) for n in TENSOR_VALUES})
         scope["loss"] = (UNIFORM, NUM)
         if self.counts_steps:
             scope["step"] = (HOST, NUM)
@@ -500,6 +506,8 @@ class _Checker:
             out.kind, out.type = _join(left, right), want
             return out
         if isinstance(e, ast.Compare):
+            if any(isinstance(o, ast.Name) and o.id == "none" for o in e.operands):
+                return self.none_test(e, scope, func)
             operands = [self.expr(o, scope, func, stack, allow_step) for o in e.operands]
             for operand, node in zip(operands, e.operands):
                 if operand.type != NUM:
@@ -510,6 +518,22 @@ class _Checker:
         if isinstance(e, ast.Call):
             return self.call(e, scope, func, stack, allow_step)
         raise TypeError(f"unknown expression node {e!r}")
+
+    def none_test(self, e: ast.Compare, scope, func) -> ast.Expr:
+        """`x == none` / `x != none` for a hyperparameter that defaults to `none`: a host flag."""
+        subject = e.operands[0] if not (isinstance(e.operands[0], ast.Name) and e.operands[0].id == "none") \
+            else e.operands[-1]
+        if len(e.ops) != 1 or e.ops[0] not in ("==", "!=") or not isinstance(subject, ast.Name) \
+                or subject.id not in self.unset or subject.id not in scope:
+            raise self.error("only a hyperparameter that defaults to `none` can be compared with none, "
+                             "as `x == none` or `x != none`", subject.pos, func)
+        flag = ast.Name(e.pos, ast.none_flag(subject.id))
+        flag.kind, flag.type = HOST, BOOL
+        if e.ops[0] == "==":
+            return flag
+        out = ast.Unary(e.pos, "not", flag)
+        out.kind, out.type = HOST, BOOL
+        return out
 
     def name(self, e: ast.Name, scope, func, allow_step):
         ident = e.id
@@ -544,6 +568,9 @@ class _Checker:
             raise self.error("this spec keeps no step count (`state step = none`), so `step` is not available", e.pos, func)
         if ident in self.states or ident in BUILTIN_TENSORS or ident == "step":
             raise self.error(f"{ident!r} is not available here", e.pos, func)
+        if ident == "none":
+            raise self.error("`none` is not a value; test a hyperparameter that defaults to it with `x == none`",
+                             e.pos, func)
         raise self.error(f"undefined name {ident!r}", e.pos, func)
 
     def call(self, e: ast.Call, scope, func, stack, allow_step):

@@ -12,9 +12,9 @@ import jinja2
 import sympy
 
 from . import __version__, ast
-from .ast import ELEMENT, HOST
+from .ast import ELEMENT, HOST, none_flag
 from .ast import COL, ROW, UNIFORM
-from .checker import SHAPE_VALUES, CheckedSpec
+from .checker import TENSOR_VALUES, CheckedSpec
 from .errors import SpecError
 from .plan import KernelPlan, Plan
 from .printers import HOST_HELPERS, HOST_HELPER_DEPENDENCIES, TRITON_HELPERS, HostPrinter, ReferencePrinter, TritonPrinter, float_literal
@@ -176,7 +176,9 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
             default=_default_literal(hyper.default),
             components=hyper.components,
             kind="flag" if hyper.is_flag else ("tuple" if hyper.components else "number"),
+            unset={name: none_flag(name) for name in hyper.unset_names},
             constraint=constraint,
+            constraint_text=_constraint_text(constraint, [n for h in spec.hypers for n in h.unset_names]),
         ))
 
     states = []
@@ -187,11 +189,13 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
             value = ref_printer.expr(state.init)
             if state_kinds[state.name] == HOST:  # kept on the CPU, as torch keeps `step`
                 init = f"torch.tensor({value}, dtype=_scalar_dtype())"
+                dtype = "_scalar_dtype()"
             else:
-                shape = {"row": "_row_shape(param)", "col": "_col_shape(param)", "scalar": "()"}[state.shape]
-                init = f"torch.full({shape}, {value}, dtype=param.dtype, device=param.device)"
+                # Rows and columns of a complex parameter are those of its real view.
+                shape = {"row": "_row_shape(_real(param))", "col": "_col_shape(_real(param))", "scalar": "()"}[state.shape]
+                init = f"torch.full({shape}, {value}, dtype=_real(param).dtype, device=param.device)"
             init_inputs = [n for n in checked.hyper_scalars if re.search(rf"\b{n}\b", init)]
-            states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=None))
+            states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=dtype, host=dtype is not None))
             continue
         if isinstance(state.init, ast.Name) and state.init.id == "param":
             init = "param.detach().clone(memory_format=torch.preserve_format)"
@@ -208,7 +212,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
                 fill = value if dtype else f"complex({value}, {value}) if param.is_complex() else {value}"
                 init = f"torch.full_like(param, {fill}, memory_format=torch.preserve_format{dtype_arg})"
         init_inputs = [n for n in checked.hyper_scalars if re.search(rf"\b{n}\b", init)]
-        states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=dtype))
+        states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=dtype, host=False))
 
     triton_helpers = [TRITON_HELPERS[h] for h in sorted(triton_printer.helpers)]
     host_needed = set(host_printer.helpers) | set(ref_printer.helpers)
@@ -300,16 +304,27 @@ def _tuple_literal(items, quote=True) -> str:
 
 def _host_order(checked: CheckedSpec) -> list[str]:
     return (list(checked.hyper_scalars) + ["step"] + [f"fresh_{s}" for s in checked.fresh_states]
-            + list(checked.host_states) + list(SHAPE_VALUES))
+            + list(checked.host_states) + list(TENSOR_VALUES))
+
+
+def _constraint_text(constraint: str | None, unset_names) -> str | None:
+    """The constraint as an error message shows it: `eps1 == none` rather than its flag."""
+    if constraint is None:
+        return None
+    for name in unset_names:
+        flag = none_flag(name)
+        constraint = re.sub(rf"\bnot {flag}\b", f"{name} != none", constraint)
+        constraint = re.sub(rf"\b{flag}\b", f"{name} == none", constraint)
+    return constraint
 
 
 def _default_literal(value) -> str:
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):
         return repr(value)
     if isinstance(value, tuple):
         return "(" + ", ".join(_default_literal(v) for v in value) + ")"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return repr(int(value))
+    if isinstance(value, int):
+        return repr(value)
     return float_literal(value)
 
 
@@ -426,6 +441,53 @@ def _staged_kernel(block: KernelPlan, name: str, triton_printer, checked, state_
     )
 
 
+def _single_program_kernel(staged, name: str, triton_printer, state_pointer, uniform_states) -> StagedKernelView | None:
+    """The whole step of a tensor that fits one program, as one kernel: every reduction is a block
+    reduction of values the program holds, so the reduce passes, the update and the per-tensor
+    states need no second launch. None when the step reduces per row or column or finishes a
+    reduction in torch (those stay multi-pass)."""
+    if any(kind != "kernel" for kind, _ in staged.passes) or any(s.over in ("row", "col") for s in staged.reductions):
+        return None
+    if any(name_ not in uniform_states for name_ in staged.device_outputs):
+        return None
+    blocks = [b for _, b in staged.passes] + [staged.final]
+    if any(b.gathers for b in blocks):
+        return None
+    computed = {s.symbol.name for s in staged.reductions}
+    loads = list(dict.fromkeys(t for b in blocks for t in b.loads))
+    stores = list(staged.final.stores)
+    new_values = {n: staged.torch_block.outputs[f"_new_{n}"] for n in staged.device_outputs}
+    read_states = sorted({s.name for e in new_values.values() for s in e.free_symbols} & set(uniform_states))
+    uniforms = list(dict.fromkeys([u for b in blocks for u in b.uniforms if u not in computed] + read_states))
+    body = []
+    for block in blocks[:-1]:
+        body += [(str(sym), triton_printer.doprint(expr)) for sym, expr in block.body]
+        for step in block.reductions:
+            reduce, neutral = _BLOCK_REDUCE[step.op]
+            text = triton_printer.doprint(block.outputs[step.symbol.name])
+            body.append((str(step.symbol), f"{reduce}(tl.where(mask, {text}, {neutral}), axis=0)"))
+    body += [(str(sym), triton_printer.doprint(expr)) for sym, expr in staged.final.body]
+    per_element = {sympy.Symbol(t, real=True) for t in loads} | {sympy.Symbol(s, real=True) for s, _ in body}
+    writes = []
+    for tensor, value in staged.final.outputs.items():
+        text = triton_printer.doprint(value)
+        if not value.free_symbols & per_element:
+            text = f"{text} + tl.zeros((BLOCK_SIZE,), tl.float32)"
+        writes.append(f"tl.store({tensor}_ptr + offsets, ({text}).to({tensor}_ptr.dtype.element_ty), mask=mask)")
+    for state, value in new_values.items():
+        writes.append(f"tl.store({state}_ptr, ({triton_printer.doprint(value)}).to({state}_ptr.dtype.element_ty))")
+    device = per_element | {sympy.Symbol(u, real=True) for u in uniforms} | {s.symbol for s in staged.reductions}
+    scalars = [a for b in blocks for a in b.scalar_args]
+    scalars += sorted({s.name for e in new_values.values() for s in e.free_symbols if s not in device}
+                      - set(uniform_states))
+    pointers = list(dict.fromkeys(loads + stores)) + uniforms
+    pointers += [s for s in new_values if s not in pointers]
+    return StagedKernelView(
+        name, pointers, [state_pointer(p) for p in pointers], list(dict.fromkeys(scalars)), loads, [], uniforms,
+        body, writes, 0, 0, False, False,
+    )
+
+
 def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
     """Kernels and launcher lines of every staged variant, and of the global pass."""
     from .printers import TorchPrinter
@@ -489,6 +551,15 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
         new_values = [(name, torch_printer.doprint(staged.torch_block.outputs[f"_new_{name}"])) for name in staged.device_outputs]
         lines += [f"new_{name} = {value}" for name, value in new_values]
         lines += [f'state["{name}"].copy_(new_{name})' for name, _ in new_values]
+        uniform_states = [s for s in checked.state_names if state_kinds[s] == UNIFORM]
+        single = _single_program_kernel(staged, f"{prefix}_single_kernel{suffix}", triton_printer, state_pointer,
+                                        uniform_states) if staged.passes else None
+        if single is not None:
+            kernels.append(single)
+            lines = ["if n_elements <= BLOCK_SIZE:",
+                     "    # One program holds the whole tensor: reductions, update and per-tensor states in one launch.",
+                     *(f"    {line}" for line in _launch_lines(single, "(1,)")),
+                     "else:", *(f"    {line}" for line in lines)]
         for name in staged.host_outputs:
             lines.append(f'state["{name}"].fill_({host_printer.doprint(staged.torch_block.outputs[f"_host_{name}"])})')
         device_states = [s for s in checked.state_names if state_kinds[s] in (ROW, COL, UNIFORM)]
@@ -523,6 +594,6 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
     return dict(staged_variants=views, global_view=global_view)
 
 
-def _launch_lines(view: StagedKernelView) -> list[str]:
+def _launch_lines(view: StagedKernelView, grid: str = "grid") -> list[str]:
     args = ", ".join(view.pointer_values + view.scalar_args)
-    return [f"{view.name}[grid]({args}, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)"]
+    return [f"{view.name}[{grid}]({args}, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)"]

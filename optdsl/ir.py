@@ -23,7 +23,7 @@ from sympy.logic.boolalg import ITE
 
 from . import ast
 from .ast import COL, ELEMENT, HOST, ROW, UNIFORM, join_kinds
-from .checker import REDUCTIONS, SHAPE_VALUES, CheckedSpec
+from .checker import REDUCTIONS, TENSOR_VALUES, CheckedSpec
 from .errors import SpecError
 
 MAX_CONDITIONS = 8
@@ -124,11 +124,15 @@ class LoweredSpec:
 
     @property
     def staged(self) -> bool:
-        """Whether the step needs more than one elementwise kernel: a reduction, `loss`, or a
-        row, column or per-tensor state."""
+        """Whether the step runs on the staged runtime: it needs more than one elementwise kernel
+        (a reduction, `loss`, or a row, column or per-tensor state) or reads a value of the tensor
+        being updated (`numel`, `ndim`, ...), which only that runtime gathers."""
         kinds = {kind for symbol, kind in self.symbol_kinds.items() if symbol.name != "loss"}
+        tensor_values = {host_symbol(name) for name in TENSOR_VALUES}
+        reads_tensor_values = any(c.free_symbols & tensor_values for c in self.conditions) or any(
+            e.free_symbols & tensor_values for v in self.variants for e in v.outputs.values())
         return bool(kinds - {ELEMENT}) or self.checked.uses_loss or bool(self.checked.host_states) or any(
-            any(e.has(Reduction) for e in v.outputs.values()) for v in self.variants)
+            any(e.has(Reduction) for e in v.outputs.values()) for v in self.variants) or reads_tensor_values
 
 
 class _Lowering:
@@ -149,7 +153,7 @@ class _Lowering:
                 self.base_env[name] = element_symbol(name)
                 self.symbol_kinds[self.base_env[name]] = kind
         self.base_env["step"] = host_symbol("step")
-        for name in SHAPE_VALUES:
+        for name in TENSOR_VALUES:
             self.base_env[name] = host_symbol(name)
         self.base_env["loss"] = element_symbol("loss")
         self.symbol_kinds[self.base_env["loss"]] = UNIFORM

@@ -178,6 +178,7 @@ class _ToAst(Transformer_NonRecursive):
 
     def input_decl(self, children):
         name, role, default, differentiable = children
+        default = float(default) if default is not None else None  # a fill value, always a float
         return ast.LossInput(_pos(name), str(name), str(role), _pos(role), default, differentiable is not None)
 
     def reduction_decl(self, children):
@@ -223,9 +224,13 @@ class _ToAst(Transformer_NonRecursive):
     def tuple_literal(self, children):
         return tuple(children)
 
+    def none_literal(self, children):
+        return None
+
     def signed_number(self, children):
+        # `0` stays an int and `0.0` a float, so a default reads as written (torch's repr).
         neg, number = children
-        value = float(number)
+        value = int(number) if str(number).isdigit() else float(number)
         return -value if neg is not None else value
 
     def state_decl(self, children):

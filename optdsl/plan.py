@@ -20,7 +20,7 @@ from typing import Optional
 import sympy
 
 from .ast import COL, ELEMENT, HOST, ROW, UNIFORM
-from .checker import SHAPE_VALUES
+from .checker import TENSOR_VALUES
 from .ir import LoweredSpec, Reduction, Variant, kind_of
 
 
@@ -211,7 +211,7 @@ def _cse(defs, exprs: dict, names: _Names, prefix: str):
 
 def _host_names(checked) -> set[str]:
     return (set(checked.hyper_scalars) | {"step"} | {f"fresh_{s}" for s in checked.fresh_states}
-            | set(SHAPE_VALUES) | set(checked.host_states))
+            | set(TENSOR_VALUES) | set(checked.host_states))
 
 
 def plan_variant(lowered: LoweredSpec, variant: Variant) -> KernelPlan:
@@ -289,7 +289,7 @@ def _name_hoisted(host_exprs, host_locals, names: _Names):
 
 def _arg_order(checked, host_defs):
     order = list(checked.hyper_scalars) + ["step"] + [f"fresh_{s}" for s in checked.fresh_states]
-    order += list(checked.host_states) + list(SHAPE_VALUES)
+    order += list(checked.host_states) + list(TENSOR_VALUES)
     order += [s.name for s, _ in host_defs]
     return lambda name: (order.index(name) if name in order else len(order), name)
 

@@ -128,7 +128,9 @@ def configurations(spec: _Spec, rng: random.Random, samples: int):
     return [(label, config) for label, config in configs if spec.valid(config) or label == "defaults"]
 
 
-def _draw(default: float, rng: random.Random) -> float:
+def _draw(default: float | None, rng: random.Random) -> float | None:
+    if default is None:  # unset (`none`): keep it unset, or give it a small number
+        return rng.choice([None, 1e-30, 1e-8])
     if default == 0:
         return rng.choice([0.0, 1e-3, 1e-2, 0.1, 0.5])
     if 0 < default < 1 and rng.random() < 0.5:

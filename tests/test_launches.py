@@ -1,0 +1,77 @@
+"""What one step launches, per spec: Triton kernels and device torch ops (tests/launches.py).
+
+* An elementwise rule: one kernel per tensor and nothing else.
+* A rule with per-tensor reductions, on tensors that fit one program (BLOCK_SIZE elements): one
+  kernel per tensor as well (reductions, update and per-tensor state fused); on a larger tensor one
+  kernel per reduction level plus the update.
+* A rule with per-row or per-column reductions: a reduce kernel and the update for the tensors
+  that reduce that way (torch finishes the rows), one fused kernel for the others.
+* A rule with global reductions: one contribution kernel and one update kernel per tensor, and
+  torch ops that combine the contributions: one per tensor plus a fixed number.
+"""
+
+import importlib
+
+import pytest
+import torch
+
+from harness import make_grads, make_params
+from launches import count_launches
+from optdsl.compiler import compile_file
+from records import ALL_RECORDS
+
+from conftest import ROOT
+
+SMALL = ((7, 13), (129,), ())
+
+
+def _step_counts(record, shapes):
+    module = importlib.import_module(f"generated.{record.spec}")
+    params = make_params(shapes, torch.float32)
+    opt = record.generated(params, backend="triton", **record.configs[-1])
+    for step in (1, 2):  # count the second step: state exists, as in training
+        kwargs = {}
+        if record.loss_fn is not None:
+            for p in params:
+                p.grad = None
+            with torch.enable_grad():
+                loss = record.loss_fn(params, step, 0)
+                loss.backward()
+            kwargs["loss"] = loss.detach()
+        else:
+            for p, g in zip(params, make_grads(params, step)):
+                p.grad = g
+        if step == 1:
+            opt.step(**kwargs)
+    with count_launches(module, opt) as (kernels, ops):
+        opt.step(**kwargs)
+    return sum(kernels.values()), sum(ops.values()), module.BLOCK_SIZE
+
+
+def _reductions(record):
+    plan = compile_file(ROOT / "specs" / f"{record.spec}.opt").plan
+    return [step for staged in plan.staged for step in staged.reductions] + list(plan.global_reductions), plan
+
+
+@pytest.mark.parametrize("record", [pytest.param(r, id=r.spec) for r in ALL_RECORDS])
+def test_launches_per_step(record):
+    reductions, plan = _reductions(record)
+    kernels, ops, block = _step_counts(record, SMALL)
+    assert all(torch.Size(s).numel() <= block for s in SMALL)
+    if any(r.over in ("row", "col") for r in reductions):
+        # Per-row/column values go through torch: the tensors that reduce per row (2-D, by the
+        # specs' `if ndim > 1`) take a reduce kernel and the update, the others one fused kernel.
+        levels = max(s.level for staged in plan.staged for s in staged.reductions)
+        per_tensor = [_step_counts(record, (shape,))[0] for shape in SMALL]
+        assert all(1 <= k <= levels + 1 for k in per_tensor) and max(per_tensor) > 1, per_tensor
+        return
+    if plan.global_reductions:
+        more_kernels, more_ops, _ = _step_counts(record, SMALL + SMALL)
+        assert (kernels, more_kernels) == (2 * len(SMALL), 4 * len(SMALL))
+        assert more_ops - ops == len(SMALL), (ops, more_ops)  # one finishing op per contribution
+        return
+    assert (kernels, ops) == (len(SMALL), 0), f"{record.spec}: {kernels} kernels, {ops} torch ops"
+    if reductions:
+        levels = max(s.level for staged in plan.staged for s in staged.reductions)
+        kernels, _, _ = _step_counts(record, ((block // 16 + 1, 16),))  # 2-D: rules reduce when ndim > 1
+        assert kernels == levels + 1, f"{record.spec}: {kernels} kernels for one tensor over BLOCK_SIZE"
