@@ -45,6 +45,10 @@ class OptimInfo:
     # True when a step's result depends on other parameters (global_* reductions): such a spec
     # cannot be checked by running one oracle per parameter subset.
     global_reduction: bool = False
+    # A param group given to the oracle later (add_param_group) as the oracle needs it for the
+    # same update: oracle_group(group, config) -> group. pytorch_optimizer.MARS scales its 1-D lr
+    # by the lr_1d/lr ratio it caches per group, which a new group must be given explicitly.
+    oracle_group: Optional[Callable] = None
 
     def bound(self, dtype) -> float:
         """One relative bound for params and every state: `tolerance[dtype]`, widened at fp64 by

@@ -31,10 +31,7 @@ RECORDS = [pytest.param(r, id=r.spec) for r in ALL_RECORDS]
 # Loss-reading and global-reduction rules are checked with the loss and all params together in
 # test_oracles / test_triton instead.
 NO_LOSS = [pytest.param(r, id=r.spec) for r in ALL_RECORDS if r.loss_fn is None]
-# mars_adamw: a group added mid-run differs from pytorch_optimizer.MARS by ~1.5e-2 from its first
-# step (not yet diagnosed: an open defect, noted in the session note), so it is left out here.
-PER_PARAM = [pytest.param(r, id=r.spec) for r in ALL_RECORDS
-             if r.loss_fn is None and not r.global_reduction and r.spec != "mars_adamw"]
+PER_PARAM = [pytest.param(r, id=r.spec) for r in ALL_RECORDS if r.loss_fn is None and not r.global_reduction]
 BACKENDS = ["torch", "triton"]
 TOL = 1e-10
 SHAPES = ((3, 4), (5,), ())
@@ -476,7 +473,9 @@ def test_add_param_group_mid_run(record, backend):
         oracle_old.add_param_group({"params": new_t, "lr": lr})
         oracle_new = oracle_old
     else:
-        oracle_new = record.oracle([{"params": new_t, "lr": lr}], **oracle_config)
+        group = {"params": new_t, "lr": lr}
+        oracle_new = record.oracle([record.oracle_group(group, config) if record.oracle_group else group],
+                                   **oracle_config)
     assert len(ours.param_groups) == 2 and ours.param_groups[1]["lr"] == lr
     for key, value in ours.defaults.items():
         if key != "lr":

@@ -249,6 +249,22 @@ def test_local_that_is_a_condition_on_one_path_and_a_number_on_another(tmp_path,
     assert_error(tmp_path, capsys, text, 6, 5, "'keep' is a condition on one path through this `if` and a number on another")
 
 
+def test_comparing_a_set_hyperparameter_with_none(tmp_path, capsys):
+    text = body("""
+        buf = where(lr == none, grad, 0)
+        param = param - lr * buf
+    """)
+    assert_error(tmp_path, capsys, text, 6, 17, "only a hyperparameter that defaults to `none` can be compared with none")
+
+
+def test_none_used_as_a_value(tmp_path, capsys):
+    text = body("""
+        buf = none
+        param = param - lr * buf
+    """)
+    assert_error(tmp_path, capsys, text, 6, 11, "`none` is not a value")
+
+
 def test_number_used_as_a_condition(tmp_path, capsys):
     text = body("""
         buf = where(grad > 0 and lr, grad, 0)

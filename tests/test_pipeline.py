@@ -159,3 +159,41 @@ def test_conditions_bound_to_names(tmp_path, momentum, backend):
         far = (p.abs() > 1) | (not heavy)
         p = p - 0.1 * torch.where(far, buf, 0.5 * buf)
         assert torch.allclose(opt.state[param]["buf"], buf) and torch.allclose(param.detach(), p)
+
+
+UNSET_SPEC = """
+optimizer Unset \"\"\"A hyperparameter that defaults to none, and the size of the tensor.\"\"\"
+hyper lr = 0.1
+hyper scale = none                 where scale == none or scale > 0
+hyper eps = (none, 0.5) as (eps1, eps2)
+update {
+    s = where(scale == none, 1 / numel, scale)
+    floor = where(eps1 != none, eps1, machine_eps)
+    param = param - lr * s * max(grad, floor + eps2)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_unset_hyperparameters_and_tensor_values(tmp_path, backend):
+    """`none` defaults reach the rule as `x == none` flags; `numel`/`machine_eps` are per tensor,
+    and a rule that reads them runs on the staged runtime even without reductions."""
+    spec = tmp_path / "unset.opt"
+    spec.write_text(UNSET_SPEC)
+    cls = optdsl.load(spec)
+    for kwargs, scale, floor in [({}, None, None), ({"scale": 2.0, "eps": (0.25, 0.5)}, 2.0, 0.25)]:
+        params = [torch.zeros(4, requires_grad=True), torch.zeros(2, 3, requires_grad=True)]
+        opt = cls(params, backend=backend, **kwargs)
+        grads = [torch.linspace(-1, 2, 4), torch.linspace(0, 3, 6).reshape(2, 3)]
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        for p, g in zip(params, grads):
+            s = 1 / g.numel() if scale is None else scale
+            f = torch.finfo(torch.float32).eps if floor is None else floor
+            assert torch.allclose(p.detach(), -0.1 * s * torch.clamp(g, min=f + 0.5))
+    assert cls([torch.zeros(1)]).defaults["eps"] == (None, 0.5)
+    with pytest.raises(ValueError, match=r"Invalid scale: -1\.0 \(requires scale == none or scale > 0\)"):
+        cls([torch.zeros(1)], scale=-1.0)
+    with pytest.raises(ValueError, match="Invalid eps"):
+        cls([torch.zeros(1)], eps=(None, "x"))

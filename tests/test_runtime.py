@@ -12,14 +12,13 @@ from records import ALL_RECORDS
 
 MIRRORS = [pytest.param(r, id=r.spec) for r in ALL_RECORDS if r.torch_mirror]
 BACKENDS = ["torch", "triton"]
-TOL = 1e-10
 
 
 def _config(record):
     return record.configs[-1]
 
 
-def _assert_same(opt_a, params_a, opt_b, params_b, tol=TOL):
+def _assert_same(opt_a, params_a, opt_b, params_b, tol):
     for pa, pb in zip(params_a, params_b):
         assert rel_error(pa, pb) <= tol, f"param differs: {rel_error(pa, pb)}"
         sa, sb = opt_a.state.get(pa, {}), opt_b.state.get(pb, {})
@@ -50,7 +49,7 @@ def test_grad_none_skips_param_and_step_count(record):
             b.grad = None if frozen else g.clone()
         torch_opt.step()
         ours.step()
-        _assert_same(torch_opt, pt, ours, po)
+        _assert_same(torch_opt, pt, ours, po, record.bound(torch.float64))
     if "step" in torch_opt.state[pt[1]]:  # torch.optim.SGD keeps no step count (key sets match above)
         assert float(ours.state[po[1]]["step"]) == 3
 
@@ -59,21 +58,32 @@ def test_grad_none_skips_param_and_step_count(record):
 @pytest.mark.parametrize("record", MIRRORS)
 def test_non_contiguous_zero_size_and_0d_params(record, backend):
     dtype = torch.float64 if backend == "torch" else torch.float32
-    tol = TOL if backend == "torch" else 1e-5
+    tol = record.bound(dtype)
     base_t = make_params(((6, 8), (), (0, 3)), dtype)
     base_o = make_params(((6, 8), (), (0, 3)), dtype)
     # A transposed leaf is non-contiguous.
     pt = [base_t[0].detach().t().requires_grad_(), base_t[1], base_t[2]]
     po = [base_o[0].detach().t().requires_grad_(), base_o[1], base_o[2]]
     assert not po[0].is_contiguous()
+    empty = torch.zeros(0, 3, dtype=dtype, requires_grad=True)
+    empty.grad = torch.zeros(0, 3, dtype=dtype)
+    try:
+        record.oracle([empty], **_config(record)).step()
+    except ZeroDivisionError:
+        # torch.optim.Adafactor divides by numel() ** 0.5 in Python. Ours still steps the empty
+        # tensor (a no-op), next to the others, which are compared with torch's.
+        pt = pt[:2]
     torch_opt = record.oracle(pt, **_config(record))
     ours = record.generated(po, backend=backend, **_config(record))
     for step in range(1, 4):
-        for a, b, g in zip(pt, po, make_grads(pt, step)):
-            a.grad, b.grad = g.clone(), g.clone()
+        for a, b, g in zip(po, pt + [None], make_grads(po, step)):
+            a.grad = g.clone()
+            if b is not None:
+                b.grad = g.clone()
         torch_opt.step()
         ours.step()
-        _assert_same(torch_opt, pt, ours, po, tol)
+        _assert_same(torch_opt, pt, ours, po[:len(pt)], tol)
+    assert po[2].shape == (0, 3) and float(ours.state[po[2]].get("step", 3)) == 3  # SGD counts no steps
 
 
 @pytest.mark.parametrize("record", MIRRORS)
@@ -88,7 +98,7 @@ def test_param_groups_with_different_hyperparameters(record):
             a.grad, b.grad = g.clone(), g.clone()
         torch_opt.step()
         ours.step()
-        _assert_same(torch_opt, pt, ours, po)
+        _assert_same(torch_opt, pt, ours, po, record.bound(torch.float64))
 
 
 @pytest.mark.parametrize("record", MIRRORS)
@@ -104,7 +114,7 @@ def test_lr_scheduler_and_tensor_lr(record):
         ours.step()
         sched_t.step()
         sched_o.step()
-        _assert_same(torch_opt, pt, ours, po)
+        _assert_same(torch_opt, pt, ours, po, record.bound(torch.float64))
     # A tensor lr behaves like the same float.
     lr = float(ours.param_groups[0]["lr"])
     ours.param_groups[0]["lr"] = torch.tensor(lr, dtype=torch.float64)
@@ -112,7 +122,7 @@ def test_lr_scheduler_and_tensor_lr(record):
         a.grad, b.grad = g.clone(), g.clone()
     torch_opt.step()
     ours.step()
-    _assert_same(torch_opt, pt, ours, po)
+    _assert_same(torch_opt, pt, ours, po, record.bound(torch.float64))
 
 
 @pytest.mark.parametrize("record", MIRRORS)
@@ -163,7 +173,7 @@ def test_complex_params_match_torch(record):
         pt[0].grad, po[0].grad = g.clone(), g.clone()
         torch_opt.step()
         ours.step()
-        _assert_same(torch_opt, pt, ours, po)
+        _assert_same(torch_opt, pt, ours, po, record.bound(torch.float64))
 
 
 @pytest.mark.parametrize("record", [pytest.param(r, id=r.spec) for r in ALL_RECORDS])
@@ -214,4 +224,4 @@ def test_large_tensors_use_the_chunked_reference_path(record):
             a.grad, b.grad = g.clone(), g.clone()
         torch_opt.step()
         ours.step()
-        _assert_same(torch_opt, pt, ours, po)
+        _assert_same(torch_opt, pt, ours, po, record.bound(torch.float64))
