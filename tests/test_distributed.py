@@ -83,6 +83,7 @@ def test_ddp_equals_single_process(world2, name):
     _result(world2, f"ddp/{name}")  # the optimizer itself communicates nothing (asserted by the worker)
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # DCP in one process, on purpose
 @pytest.mark.parametrize("name", worker.CHECKPOINT_CASES)
 def test_checkpoint_saved_at_world_size_2_loads_at_world_size_1(world2, out, name):
     _result(world2, f"fsdp2/{name}/float64")  # saved the checkpoint after its last step
