@@ -252,6 +252,22 @@ def _real(tensor):
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
 
 
+def _local(tensor):
+    """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
+    update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
+    dtensor = _dtensor()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
+
+
+def _dtensor():
+    """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
+    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
+        return None
+    from torch.distributed import tensor
+
+    return tensor
+
+
 class AdamAtan2(torch.optim.Optimizer):
     """Adam-atan2, from "Scaling Exponents Across Parameterizations and Optimizers"
     (Everett et al., ICML 2024).
@@ -341,8 +357,8 @@ class AdamAtan2(torch.optim.Optimizer):
         for name in touched:
             if name not in state:
                 state[name] = _init_state(name, param, h)
-        param, grad = _real(param), _real(grad)
-        tensors = {name: _real(state[name]) for name in touched}
+        param, grad = _real(_local(param)), _real(_local(grad))
+        tensors = {name: _real(_local(state[name])) for name in touched}
         if _use_triton(param, self.backend):
             self._update_triton(launch, param, grad, tensors, writes, h)
         else:

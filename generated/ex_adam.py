@@ -232,6 +232,22 @@ def _real(tensor):
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
 
 
+def _local(tensor):
+    """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
+    update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
+    dtensor = _dtensor()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
+
+
+def _dtensor():
+    """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
+    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
+        return None
+    from torch.distributed import tensor
+
+    return tensor
+
+
 class EXAdam(torch.optim.Optimizer):
     """EXAdam, from "EXAdam: The Power of Adaptive Cross-Moments" (Adly, arXiv
     2412.20302, 2024), Algorithm 1 of the current (v2) version.
@@ -321,8 +337,8 @@ class EXAdam(torch.optim.Optimizer):
         for name in touched:
             if name not in state:
                 state[name] = _init_state(name, param, h)
-        param, grad = _real(param), _real(grad)
-        tensors = {name: _real(state[name]) for name in touched}
+        param, grad = _real(_local(param)), _real(_local(grad))
+        tensors = {name: _real(_local(state[name])) for name in touched}
         if _use_triton(param, self.backend):
             self._update_triton(launch, param, grad, tensors, writes, h)
         else:

@@ -34,12 +34,6 @@ def _jit(fn):
 BLOCK_SIZE = 1024
 CPU_CHUNK = 1 << 16  # elements per reference call on large tensors
 
-# IEEE-style host math: inf/nan where `math` would raise, as the kernels and torch behave.
-def _rowwise(reduce, x):
-    """`reduce` over each row of x viewed as (shape[0], rest), shaped (shape[0], 1, ..., 1)."""
-    rows = x.reshape(x.shape[0] if x.dim() else 1, -1)
-    return reduce(rows, dim=1, keepdim=True).reshape(_row_shape(x))
-
 
 # ---------------------------------------------------------------------------------------------
 # Reference implementation: the update as written in the spec, in plain PyTorch.
@@ -63,7 +57,7 @@ def _reference(param, grad, state, h, inputs):
     ndim = h["ndim"]
     momentum_buffer = state.get("momentum_buffer")
     if ndim > 1:
-        centered = grad - _rowwise(torch.mean, grad)
+        centered = grad - _reduce("mean", grad, h, "row")
     else:
         centered = grad
     g = (-centered if maximize else centered) + weight_decay * param
@@ -100,6 +94,138 @@ def _col_shape(x):
 def _matrix_shape(x):
     rows = x.shape[0] if x.dim() else 1
     return rows, (x.numel() // rows if rows else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reductions, and sharded parameters (DTensor, as FSDP2's fully_shard makes them): every pass runs
+# on the rank's local shard, and a reduction across a tensor dimension the parameter is sharded on
+# is all-reduced over the process group of each mesh dimension that shards it; values replicated
+# on a mesh dimension need none (docs/distributed.md). h["_shards"]: [(group, tensor dim), ...].
+
+
+def _shards(param):
+    """(process group, sharded tensor dim) per mesh dim that shards a DTensor; None otherwise."""
+    dtensor = _dtensor()
+    if dtensor is None or not isinstance(param, dtensor.DTensor):
+        return None
+    mesh, ndim = param.device_mesh, max(param.dim(), 1)
+    return [(mesh.get_group(i), p.dim % ndim) for i, p in enumerate(param.placements) if p.is_shard()] or None
+
+
+# A mesh dim sharding tensor dim d splits values of a kind (per element, row, column, tensor) when
+# the kind keeps d, and a reduction over the tensor / each row / each column must cross it when it
+# reduces d: only then does the reduction communicate.
+_SPLITS = {"element": lambda d: True, "row": lambda d: d == 0, "col": lambda d: d > 0, "uniform": lambda d: False}
+_CROSSES = {"tensor": lambda d: True, "row": lambda d: d > 0, "col": lambda d: d == 0}
+
+
+def _groups(h, kind="element", over="tensor"):
+    return [group for group, d in h.get("_shards") or () if _SPLITS[kind](d) and _CROSSES[over](d)]
+
+
+def _all_reduce(values, ops, groups):
+    """All-reduce values[i] with ops[i] ("sum", "max", "min") over each group: one collective per
+    op and group, the values of one op packed into one buffer."""
+    values = list(values)
+    if not groups:
+        return values
+    import torch.distributed as dist
+
+    for op in dict.fromkeys(ops):
+        index = [i for i, o in enumerate(ops) if o == op]
+        flat = torch.cat([values[i].reshape(-1) for i in index])
+        for group in groups:
+            dist.all_reduce(flat, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op], group=group)
+        for i, part in zip(index, flat.split([values[i].numel() for i in index])):
+            values[i] = part.view(values[i].shape)
+    return values
+
+
+_LOCAL = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin, "norm": torch.linalg.vector_norm,
+          "norm1": lambda x, **k: torch.linalg.vector_norm(x, 1, **k),
+          "norm_inf": lambda x, **k: torch.linalg.vector_norm(x, math.inf, **k)}
+# how a reduction combines across shards, and what each shard contributes
+_COMBINE = {"sum": "sum", "mean": "sum", "norm": "sum", "norm1": "sum", "max": "max", "norm_inf": "max", "min": "min"}
+_PART = {"norm": torch.square, "norm1": torch.abs, "norm_inf": torch.abs}
+
+
+def _reduce(how, x, h, over="tensor", kind="element"):
+    """`how` ("sum", "mean", "max", "min", "norm", "norm1", "norm_inf") of x over the whole tensor,
+    or over each row / each column of x viewed as (shape[0], rest), shaped as _row_shape(x) /
+    _col_shape(x); `kind` says whether x holds one value per element, row or column."""
+    matrix, dim = _as_matrix(x, over)
+    groups = _groups(h, kind, over)
+    if not groups:
+        value = _LOCAL[how](matrix) if dim is None else _LOCAL[how](matrix, dim=dim, keepdim=True)
+    else:
+        op = _COMBINE[how]
+        value = _all_reduce([_local_reduce(_PART.get(how, lambda v: v)(matrix), op, dim)], [op], groups)[0]
+        if how == "norm":
+            value = torch.sqrt(value)
+        elif how == "mean":
+            count = {"tensor": {"element": h["numel"], "row": h["rows"], "col": h["cols"]}.get(kind, 1.0),
+                     "row": h["cols"], "col": h["rows"]}[over]
+            value = value / count
+    return value if dim is None else value.reshape(_row_shape(x) if over == "row" else _col_shape(x))
+
+
+def _as_matrix(x, over):
+    """x to reduce `over` the tensor (as it is) or each row / column ((shape[0], rest) view), and the dim."""
+    if over == "tensor":
+        return x, None
+    return x.reshape(1, 1) if x.dim() == 0 else (x.flatten(1) if x.dim() > 1 else x.reshape(-1, 1)), (1 if over == "row" else 0)
+
+
+def _local_reduce(x, op, dim=None):
+    """sum/max/min of this shard's x; max and min of nothing are -inf and inf."""
+    if op == "sum":
+        return torch.sum(x) if dim is None else torch.sum(x, dim=dim, keepdim=True)
+    if (x.numel() if dim is None else x.shape[dim]) == 0:
+        shape = () if dim is None else tuple(1 if i == dim else n for i, n in enumerate(x.shape))
+        return torch.full(shape, -math.inf if op == "max" else math.inf, dtype=x.dtype, device=x.device)
+    return (torch.amax if op == "max" else torch.amin)(x, *(() if dim is None else (dim, True)))
+
+
+# state -> one value per element, row, column or tensor ("uniform"), or a host number
+_STATE_KINDS = {"momentum_buffer": "element"}
+
+
+def _new_state(name, param, h):
+    """A new state of `param`. For a DTensor, a DTensor (so torch.distributed.checkpoint saves it
+    sharded): per element, sharded as the parameter; per row or column, sharded where the
+    parameter's rows or columns are and replicated on the other mesh dims; per tensor, replicated.
+    Host numbers (`step`) stay plain tensors, as torch.optim keeps them."""
+    dtensor = _dtensor()
+    kind = _STATE_KINDS[name]
+    if dtensor is None or not isinstance(param, dtensor.DTensor) or kind in ("element", "host"):
+        return _init_state(name, param, h)  # DTensor ops on a DTensor parameter: no communication
+    local = _init_state(name, param.to_local(), h)
+    ndim = max(param.dim(), 1)
+    placements = [p if p.is_shard() and _SPLITS[kind](p.dim % ndim) else dtensor.Replicate() for p in param.placements]
+    shape = {"row": _row_shape(param), "col": _col_shape(param)}.get(kind, ())
+    stride = torch.empty(shape, device="meta").stride()
+    return dtensor.DTensor.from_local(local, param.device_mesh, placements, run_check=False, shape=shape, stride=stride)
+
+
+def _finish(partials, ops, h):
+    """The per-tensor results of one reduce kernel: column i of `partials` (one row per program)
+    reduced with ops[i] in a fixed order, then across shards."""
+    return _all_reduce([_local_reduce(partials[:, i], op) for i, op in enumerate(ops)], ops, _groups(h))
+
+
+def _finish_segments(temps, ops, overs, param, h):
+    """The per-row / per-column results of one reduce kernel: temps[i] holds reduction i's terms per
+    element, reduced with ops[i] over each row or column (overs[i]), then across shards."""
+    values = []
+    for terms, op, over in zip(temps, ops, overs):
+        matrix, dim = _as_matrix(terms.view(param.shape), over)
+        values.append(_local_reduce(matrix, op, dim).reshape(_row_shape(param) if over == "row" else _col_shape(param)))
+    for over in dict.fromkeys(overs):
+        index = [i for i, o in enumerate(overs) if o == over]
+        reduced = _all_reduce([values[i] for i in index], [ops[i] for i in index], _groups(h, "element", over))
+        for i, value in zip(index, reduced):
+            values[i] = value
+    return values
 
 
 @_jit
@@ -152,7 +278,7 @@ def _gcsgd_launch_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov(param, 
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov[grid](param, grad, state["momentum_buffer"], row_sum, momentum, weight_decay, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -203,7 +329,7 @@ def _gcsgd_launch_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov(par
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov[grid](param, grad, state["momentum_buffer"], row_sum, weight_decay, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -261,7 +387,7 @@ def _gcsgd_launch_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov(par
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov[grid](param, grad, state["momentum_buffer"], row_sum, momentum, weight_decay, maximize, c0, c1, c2, c3, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -317,7 +443,7 @@ def _gcsgd_launch_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[grid](param, grad, state["momentum_buffer"], row_sum, momentum, weight_decay, maximize, c0, c1, c2, c3, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -367,7 +493,7 @@ def _gcsgd_launch_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov(par
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov[grid](param, grad, row_sum, weight_decay, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -417,7 +543,7 @@ def _gcsgd_launch_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov[grid](param, grad, row_sum, weight_decay, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -467,7 +593,7 @@ def _gcsgd_launch_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov[grid](param, grad, row_sum, weight_decay, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -517,7 +643,7 @@ def _gcsgd_launch_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nest
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     temps = torch.empty((1, n_elements), device=param.device, dtype=torch.float32)
     _gcsgd_reduce1_kernel_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[grid](grad, temps, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    row_sum = temps[0].view(n_rows, n_cols).sum(1).view(_row_shape(param))
+    (row_sum,) = _finish_segments(temps, ("sum",), ("row",), param, h)
     _gcsgd_kernel_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[grid](param, grad, row_sum, weight_decay, maximize, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
@@ -882,6 +1008,22 @@ def _real(tensor):
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
 
 
+def _local(tensor):
+    """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
+    update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
+    dtensor = _dtensor()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
+
+
+def _dtensor():
+    """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
+    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
+        return None
+    from torch.distributed import tensor
+
+    return tensor
+
+
 class GCSGD(torch.optim.Optimizer):
     """SGD with gradient centralization, from "Gradient Centralization: A New
     Optimization Technique for Deep Neural Networks" (Yong et al., ECCV 2020), eq. (4).
@@ -983,22 +1125,23 @@ class GCSGD(torch.optim.Optimizer):
         h = dict(hyperparameters)  # the spec keeps no step count (`state step = none`)
         h["fresh_momentum_buffer"] = "momentum_buffer" not in state
         real = _real(param)
-        h["numel"] = float(real.numel())
+        h["numel"] = float(real.numel())  # a DTensor's global shape: the kernels see the local one
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
         h["machine_eps"] = torch.finfo(real.dtype).eps
+        h["_shards"] = _shards(real)
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, param, h)
+                state[name] = _new_state(name, param, h)
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
         launch, touched, writes = variant
-        param, grad = _real(param), _real(grad)
-        if param.numel() == 0:
+        if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
-        tensors = {name: _real(state[name]) for name in touched}
+        param, grad = _real(_local(param)), _real(_local(grad))
+        tensors = {name: _real(_local(state[name])) for name in touched}
         if _use_triton(param, self.backend):
             dense = [param, grad, *tensors.values()]
             if all(t.is_contiguous() for t in dense):

@@ -87,6 +87,138 @@ def _matrix_shape(x):
     return rows, (x.numel() // rows if rows else 0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Reductions, and sharded parameters (DTensor, as FSDP2's fully_shard makes them): every pass runs
+# on the rank's local shard, and a reduction across a tensor dimension the parameter is sharded on
+# is all-reduced over the process group of each mesh dimension that shards it; values replicated
+# on a mesh dimension need none (docs/distributed.md). h["_shards"]: [(group, tensor dim), ...].
+
+
+def _shards(param):
+    """(process group, sharded tensor dim) per mesh dim that shards a DTensor; None otherwise."""
+    dtensor = _dtensor()
+    if dtensor is None or not isinstance(param, dtensor.DTensor):
+        return None
+    mesh, ndim = param.device_mesh, max(param.dim(), 1)
+    return [(mesh.get_group(i), p.dim % ndim) for i, p in enumerate(param.placements) if p.is_shard()] or None
+
+
+# A mesh dim sharding tensor dim d splits values of a kind (per element, row, column, tensor) when
+# the kind keeps d, and a reduction over the tensor / each row / each column must cross it when it
+# reduces d: only then does the reduction communicate.
+_SPLITS = {"element": lambda d: True, "row": lambda d: d == 0, "col": lambda d: d > 0, "uniform": lambda d: False}
+_CROSSES = {"tensor": lambda d: True, "row": lambda d: d > 0, "col": lambda d: d == 0}
+
+
+def _groups(h, kind="element", over="tensor"):
+    return [group for group, d in h.get("_shards") or () if _SPLITS[kind](d) and _CROSSES[over](d)]
+
+
+def _all_reduce(values, ops, groups):
+    """All-reduce values[i] with ops[i] ("sum", "max", "min") over each group: one collective per
+    op and group, the values of one op packed into one buffer."""
+    values = list(values)
+    if not groups:
+        return values
+    import torch.distributed as dist
+
+    for op in dict.fromkeys(ops):
+        index = [i for i, o in enumerate(ops) if o == op]
+        flat = torch.cat([values[i].reshape(-1) for i in index])
+        for group in groups:
+            dist.all_reduce(flat, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op], group=group)
+        for i, part in zip(index, flat.split([values[i].numel() for i in index])):
+            values[i] = part.view(values[i].shape)
+    return values
+
+
+_LOCAL = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax, "min": torch.amin, "norm": torch.linalg.vector_norm,
+          "norm1": lambda x, **k: torch.linalg.vector_norm(x, 1, **k),
+          "norm_inf": lambda x, **k: torch.linalg.vector_norm(x, math.inf, **k)}
+# how a reduction combines across shards, and what each shard contributes
+_COMBINE = {"sum": "sum", "mean": "sum", "norm": "sum", "norm1": "sum", "max": "max", "norm_inf": "max", "min": "min"}
+_PART = {"norm": torch.square, "norm1": torch.abs, "norm_inf": torch.abs}
+
+
+def _reduce(how, x, h, over="tensor", kind="element"):
+    """`how` ("sum", "mean", "max", "min", "norm", "norm1", "norm_inf") of x over the whole tensor,
+    or over each row / each column of x viewed as (shape[0], rest), shaped as _row_shape(x) /
+    _col_shape(x); `kind` says whether x holds one value per element, row or column."""
+    matrix, dim = _as_matrix(x, over)
+    groups = _groups(h, kind, over)
+    if not groups:
+        value = _LOCAL[how](matrix) if dim is None else _LOCAL[how](matrix, dim=dim, keepdim=True)
+    else:
+        op = _COMBINE[how]
+        value = _all_reduce([_local_reduce(_PART.get(how, lambda v: v)(matrix), op, dim)], [op], groups)[0]
+        if how == "norm":
+            value = torch.sqrt(value)
+        elif how == "mean":
+            count = {"tensor": {"element": h["numel"], "row": h["rows"], "col": h["cols"]}.get(kind, 1.0),
+                     "row": h["cols"], "col": h["rows"]}[over]
+            value = value / count
+    return value if dim is None else value.reshape(_row_shape(x) if over == "row" else _col_shape(x))
+
+
+def _as_matrix(x, over):
+    """x to reduce `over` the tensor (as it is) or each row / column ((shape[0], rest) view), and the dim."""
+    if over == "tensor":
+        return x, None
+    return x.reshape(1, 1) if x.dim() == 0 else (x.flatten(1) if x.dim() > 1 else x.reshape(-1, 1)), (1 if over == "row" else 0)
+
+
+def _local_reduce(x, op, dim=None):
+    """sum/max/min of this shard's x; max and min of nothing are -inf and inf."""
+    if op == "sum":
+        return torch.sum(x) if dim is None else torch.sum(x, dim=dim, keepdim=True)
+    if (x.numel() if dim is None else x.shape[dim]) == 0:
+        shape = () if dim is None else tuple(1 if i == dim else n for i, n in enumerate(x.shape))
+        return torch.full(shape, -math.inf if op == "max" else math.inf, dtype=x.dtype, device=x.device)
+    return (torch.amax if op == "max" else torch.amin)(x, *(() if dim is None else (dim, True)))
+
+
+# state -> one value per element, row, column or tensor ("uniform"), or a host number
+_STATE_KINDS = {"momentum_buffer": "element"}
+
+
+def _new_state(name, param, h):
+    """A new state of `param`. For a DTensor, a DTensor (so torch.distributed.checkpoint saves it
+    sharded): per element, sharded as the parameter; per row or column, sharded where the
+    parameter's rows or columns are and replicated on the other mesh dims; per tensor, replicated.
+    Host numbers (`step`) stay plain tensors, as torch.optim keeps them."""
+    dtensor = _dtensor()
+    kind = _STATE_KINDS[name]
+    if dtensor is None or not isinstance(param, dtensor.DTensor) or kind in ("element", "host"):
+        return _init_state(name, param, h)  # DTensor ops on a DTensor parameter: no communication
+    local = _init_state(name, param.to_local(), h)
+    ndim = max(param.dim(), 1)
+    placements = [p if p.is_shard() and _SPLITS[kind](p.dim % ndim) else dtensor.Replicate() for p in param.placements]
+    shape = {"row": _row_shape(param), "col": _col_shape(param)}.get(kind, ())
+    stride = torch.empty(shape, device="meta").stride()
+    return dtensor.DTensor.from_local(local, param.device_mesh, placements, run_check=False, shape=shape, stride=stride)
+
+
+def _finish(partials, ops, h):
+    """The per-tensor results of one reduce kernel: column i of `partials` (one row per program)
+    reduced with ops[i] in a fixed order, then across shards."""
+    return _all_reduce([_local_reduce(partials[:, i], op) for i, op in enumerate(ops)], ops, _groups(h))
+
+
+def _finish_segments(temps, ops, overs, param, h):
+    """The per-row / per-column results of one reduce kernel: temps[i] holds reduction i's terms per
+    element, reduced with ops[i] over each row or column (overs[i]), then across shards."""
+    values = []
+    for terms, op, over in zip(temps, ops, overs):
+        matrix, dim = _as_matrix(terms.view(param.shape), over)
+        values.append(_local_reduce(matrix, op, dim).reshape(_row_shape(param) if over == "row" else _col_shape(param)))
+    for over in dict.fromkeys(overs):
+        index = [i for i, o in enumerate(overs) if o == over]
+        reduced = _all_reduce([values[i] for i in index], [ops[i] for i in index], _groups(h, "element", over))
+        for i, value in zip(index, reduced):
+            values[i] = value
+    return values
+
+
 @_jit
 def _sps_momentum_kernel(
     param_ptr, grad_ptr, momentum_buffer_ptr, global_sum_ptr, loss_ptr,
@@ -160,6 +292,9 @@ def _global_reference(param, grad, state, h):
 
 # global value -> how per-tensor contributions combine
 _GLOBALS = {"global_sum": "sum"}
+_NEUTRAL = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}
+_ACROSS_OP = {"sum": "sum", "amax": "max", "amin": "min"}
+_COMBINE_TOTALS = {"sum": torch.add, "amax": torch.maximum, "amin": torch.minimum}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +393,22 @@ def _reference_into(targets, grad, writes, h, compute, device_inputs):
 
 def _real(tensor):
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
+
+
+def _local(tensor):
+    """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
+    update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
+    dtensor = _dtensor()
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
+
+
+def _dtensor():
+    """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
+    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
+        return None
+    from torch.distributed import tensor
+
+    return tensor
 
 
 class SPSMomentum(torch.optim.Optimizer):
@@ -368,44 +519,54 @@ class SPSMomentum(torch.optim.Optimizer):
             raise RuntimeError("SPSMomentum does not support sparse gradients")
         h = dict(hyperparameters)  # the spec keeps no step count (`state step = none`)
         real = _real(param)
-        h["numel"] = float(real.numel())
+        h["numel"] = float(real.numel())  # a DTensor's global shape: the kernels see the local one
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
         h["machine_eps"] = torch.finfo(real.dtype).eps
+        h["_shards"] = _shards(real)
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:
             if name not in state:
-                state[name] = _init_state(name, param, h)
+                state[name] = _new_state(name, param, h)
         return param, grad, state, h, variant
 
     def _global_totals(self, work):
-        """Every global reduction over all parameters of this step (on the first one's device)."""
-        contributions = []
+        """Every global reduction over all parameters of this step (on the first one's device).
+        Sharded parameters contribute their local shards, and the totals of parameters sharded over
+        the same process groups are all-reduced once, so replicated values count once."""
+        buckets = {}  # process groups -> contributions of the parameters sharded over them
         for param, grad, state, h, _ in work:
-            param, grad = _real(param), _real(grad)
-            if param.numel() == 0:
+            if h["numel"] == 0:
                 continue
-            tensors = {name: _real(t) for name, t in state.items() if isinstance(t, torch.Tensor) and t.shape == param.shape}
-            if _use_triton(param, self.backend):
-                contributions.append(_global_launch(param.contiguous(), grad.contiguous(),
-                                                    {n: t.contiguous() for n, t in tensors.items()}, h))
+            param, grad = _real(_local(param)), _real(_local(grad))
+            tensors = {name: _real(_local(t)) for name, t in state.items()
+                       if isinstance(t, torch.Tensor) and _local(t).shape == param.shape}
+            if param.numel() == 0:  # an empty shard: the rank still joins the all-reduce
+                contribution = torch.tensor([_NEUTRAL[f] for f in _GLOBALS.values()], dtype=torch.float64, device=param.device)
+            elif _use_triton(param, self.backend):
+                contribution = _global_launch(param.contiguous(), grad.contiguous(), {n: t.contiguous() for n, t in tensors.items()}, h)
             else:
                 compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-                contributions.append(_global_reference(param.to(compute), grad.to(compute),
-                                                       {n: t.to(compute) for n, t in tensors.items()}, h))
-        if not contributions:
+                contribution = _global_reference(param.to(compute), grad.to(compute), {n: t.to(compute) for n, t in tensors.items()}, h)
+            buckets.setdefault(tuple(_groups(h)), []).append(contribution)
+        if not buckets:
             return {}
-        device = contributions[0].device
-        # Combined in float64, in parameter order: the same totals every run.
-        stacked = torch.stack([c.to(device=device) for c in contributions]).to(torch.float64)
-        return {name: getattr(stacked[:, index], finish)() for index, (name, finish) in enumerate(_GLOBALS.items())}
+        device = next(iter(buckets.values()))[0].device
+        totals = None
+        for groups, contributions in buckets.items():
+            # Combined in float64, in parameter order: the same totals every run.
+            stacked = torch.stack([c.to(device=device) for c in contributions]).to(torch.float64)
+            values = [getattr(stacked[:, index], finish)() for index, finish in enumerate(_GLOBALS.values())]
+            values = _all_reduce(values, [_ACROSS_OP[f] for f in _GLOBALS.values()], list(groups))
+            totals = values if totals is None else [_COMBINE_TOTALS[f](a, b) for f, a, b in zip(_GLOBALS.values(), totals, values)]
+        return dict(zip(_GLOBALS, totals))
 
     def _apply(self, param, grad, state, h, variant, inputs):
         launch, touched, writes = variant
-        param, grad = _real(param), _real(grad)
-        if param.numel() == 0:
+        if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
-        tensors = {name: _real(state[name]) for name in touched}
+        param, grad = _real(_local(param)), _real(_local(grad))
+        tensors = {name: _real(_local(state[name])) for name in touched}
         if _use_triton(param, self.backend):
             dense = [param, grad, *tensors.values()]
             if all(t.is_contiguous() for t in dense):

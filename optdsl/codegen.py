@@ -245,6 +245,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         hypers=hypers,
         states=states,
         typed_states=[s for s in states if s["dtype"]],
+        state_kinds=[(s, checked.state_kinds[s]) for s in checked.state_names],
         counts_steps=checked.counts_steps,
         fresh_states=checked.fresh_states,
         kernels=kernels,
@@ -530,20 +531,24 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
                 if view.temps:
                     lines.append(f"temps = torch.empty(({view.temps}, n_elements), device=param.device, dtype=torch.float32)")
                 lines += _launch_lines(view)
-                p = t = 0
-                for step in item.reductions:
-                    finish = _PARTIAL_FINISH[step.op]
-                    if step.over == "tensor":
-                        lines.append(f"{step.symbol} = partials[:, {p}].{finish}()")
-                        p += 1
-                    else:
-                        axis, shape = (1, "_row_shape(param)") if step.over == "row" else (0, "_col_shape(param)")
-                        lines.append(f"{step.symbol} = temps[{t}].view(n_rows, n_cols).{finish}({axis}).view({shape})")
-                        t += 1
+                # Per-tensor results finish together (one all-reduce per op for a sharded tensor).
+                totals = [step for step in item.reductions if step.over == "tensor"]
+                if totals:
+                    targets = ", ".join(str(step.symbol) for step in totals) + ("," if len(totals) == 1 else "")
+                    ops = _tuple_literal([step.op for step in totals])
+                    lines.append(f"{'(' + targets + ')' if len(totals) == 1 else targets} = _finish(partials, {ops}, h)")
+                segments = [step for step in item.reductions if step.over != "tensor"]
+                if segments:
+                    targets = ", ".join(str(step.symbol) for step in segments)
+                    ops = _tuple_literal([step.op for step in segments])
+                    overs = _tuple_literal([step.over for step in segments])
+                    lines.append(f"{'(' + targets + ',)' if len(segments) == 1 else targets} = "
+                                 f"_finish_segments(temps, {ops}, {overs}, param, h)")
             else:
+                # torch reduces every dimension of a per-row, per-column or per-tensor value
                 value = torch_printer.doprint(staged.torch_block.outputs[f"_reduce_{item.symbol}"])
-                finish = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin"}[item.op]
-                lines.append(f"{item.symbol} = {finish}({value})")
+                kind = item.arg_kind if item.arg_kind in (ROW, COL, ELEMENT) else UNIFORM
+                lines.append(f'{item.symbol} = _reduce("{item.op}", {value}, h, "tensor", "{kind}")')
         final = _staged_kernel(staged.final, f"{prefix}_kernel{suffix}", triton_printer, checked, state_pointer)
         kernels.append(final)
         lines += _launch_lines(final)
@@ -556,7 +561,7 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
                                         uniform_states) if staged.passes else None
         if single is not None:
             kernels.append(single)
-            lines = ["if n_elements <= BLOCK_SIZE:",
+            lines = ["if n_elements <= BLOCK_SIZE and not h[\"_shards\"]:",
                      "    # One program holds the whole tensor: reductions, update and per-tensor states in one launch.",
                      *(f"    {line}" for line in _launch_lines(single, "(1,)")),
                      "else:", *(f"    {line}" for line in lines)]

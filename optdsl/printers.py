@@ -14,7 +14,7 @@ from sympy.printing.precedence import precedence
 from sympy.printing.str import StrPrinter
 
 from . import ast
-from .ast import ELEMENT, HOST
+from .ast import ELEMENT, HOST, join_kinds
 from .checker import REDUCTIONS
 from .ir import sigmoid
 
@@ -84,28 +84,14 @@ HOST_HELPERS = {
              "        return math.inf\n    return math.nan if isinstance(result, complex) else result\n"),
 }
 HOST_HELPERS.update({
-    "_rowwise": (
-        "def _rowwise(reduce, x):\n"
-        "    \"\"\"`reduce` over each row of x viewed as (shape[0], rest), shaped (shape[0], 1, ..., 1).\"\"\"\n"
-        "    rows = x.reshape(x.shape[0] if x.dim() else 1, -1)\n"
-        "    return reduce(rows, dim=1, keepdim=True).reshape(_row_shape(x))\n"),
-    "_colwise": (
-        "def _colwise(reduce, x):\n"
-        "    \"\"\"`reduce` over each column of x viewed as (shape[0], rest), shaped (1, *shape[1:]).\"\"\"\n"
-        "    rows = x.reshape(x.shape[0] if x.dim() else 1, -1)\n"
-        "    return reduce(rows, dim=0, keepdim=True).reshape(_col_shape(x))\n"),
     "_cosine": (
-        "def _cosine(x, y, eps, over):\n"
+        "def _cosine(x, y, eps, over, h):\n"
         "    \"\"\"F.cosine_similarity's value: x.y / (max(|x|, eps) max(|y|, eps)), per tensor, row or column.\"\"\"\n"
         "    x, y = torch.broadcast_tensors(x, y)\n"
-        "    if over is None:\n"
-        "        norms = torch.linalg.vector_norm(x).clamp(min=eps) * torch.linalg.vector_norm(y).clamp(min=eps)\n"
-        "        return torch.sum(x * y) / norms\n"
-        "    segment = _rowwise if over == \"row\" else _colwise\n"
-        "    norms = segment(torch.linalg.vector_norm, x).clamp(min=eps) * segment(torch.linalg.vector_norm, y).clamp(min=eps)\n"
-        "    return segment(torch.sum, x * y) / norms\n"),
+        "    norms = _reduce(\"norm\", x, h, over).clamp(min=eps) * _reduce(\"norm\", y, h, over).clamp(min=eps)\n"
+        "    return _reduce(\"sum\", x * y, h, over) / norms\n"),
 })
-HOST_HELPER_DEPENDENCIES = {"_sigmoid": ("_exp",), "_cosine": ("_rowwise", "_colwise")}
+HOST_HELPER_DEPENDENCIES = {"_sigmoid": ("_exp",)}
 HOST_FUNCTIONS = {"exp": "_exp", "log": "_log", "log1p": "_host_log1p", "sigmoid": "_sigmoid", "sign": "_host_sign"}
 assert not set(HOST_HELPERS) & set(TRITON_HELPERS) and not set(HOST_HELPERS) & {"_atan", "_tanh"}
 
@@ -498,34 +484,26 @@ class ReferencePrinter:
                 return f"torch.where({args[0]}, {args[1]}, {args[2]})"
         raise NotImplementedError(f"no reference lowering for {f}")
 
-    # Per-tensor reductions as torch writes them; per-row/column ones through `_rowwise` /
-    # `_colwise`, which view the tensor as (shape[0], rest) and keep the reduced dimensions.
-    _REDUCE = {"sum": "torch.sum({x})", "mean": "torch.mean({x})", "max": "torch.amax({x})", "min": "torch.amin({x})",
-               "norm": "torch.linalg.vector_norm({x})", "norm1": "torch.linalg.vector_norm({x}, 1)",
-               "norm_inf": "torch.linalg.vector_norm({x}, math.inf)", "rms": "torch.sqrt(torch.mean(torch.square({x})))",
-               "dot": "torch.sum({x} * {y})"}
-    _SEGMENT = {"sum": "torch.sum", "mean": "torch.mean", "max": "torch.amax", "min": "torch.amin",
-                "norm": "torch.linalg.vector_norm"}
-
+    # Reductions through `_reduce` (staged.py.j2): torch's own reduction of the tensor, or of each
+    # row / column of its (shape[0], rest) view keeping the reduced dimensions, finished across the
+    # shards of a sharded (DTensor) parameter.
     def _reduction(self, e: ast.Call, args) -> str:
         base, result = REDUCTIONS[e.func]
         if result == "global":
             return f"({self.global_texts[id(e)]})"
         x, y = args[0], (args[1] if len(args) > 1 else None)
+        over = {"uniform": "tensor", "row": "row", "col": "col"}[result]
         if base == "cosine":
             self.helpers.add("_cosine")
             eps = args[2] if len(args) == 3 else "1e-8"
-            over = {"uniform": "None", "row": '"row"', "col": '"col"'}[result]
-            return f"_cosine({x}, {y}, {eps}, {over})"
-        if result == "uniform":
-            return self._REDUCE[base].format(x=f"({x})" if base == "dot" else x, y=f"({y})" if y else None)
-        self.helpers.add("_rowwise" if result == "row" else "_colwise")
-        segment = "_rowwise" if result == "row" else "_colwise"
+            return f'_cosine({x}, {y}, {eps}, "{over}", h)'
+        kind = join_kinds(*(a.kind for a in e.args[:2] if a.kind is not None))
+        extra = "" if over == "tensor" and kind == ELEMENT else (f', "{over}"' if kind == ELEMENT else f', "{over}", "{kind}"')
         if base == "dot":
-            return f"{segment}(torch.sum, ({x}) * ({y}))"
+            return f'_reduce("sum", ({x}) * ({y}), h{extra})'
         if base == "rms":
-            return f"torch.sqrt({segment}(torch.mean, torch.square({x})))"
-        return f"{segment}({self._SEGMENT[base]}, {x})"
+            return f'torch.sqrt(_reduce("mean", torch.square({x}), h{extra}))'
+        return f'_reduce("{base}", {x}, h{extra})'
 
     def _lerp(self, printed) -> str:
         """a + w * (b - a), parenthesized: the caller takes a call's text as an atom."""
