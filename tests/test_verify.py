@@ -56,3 +56,43 @@ class _SqrtIsOff(printers.TritonPrinter):
     def _print_Pow(self, expr, rational=False):
         text = super()._print_Pow(expr, rational)
         return text.replace("tl.sqrt(", "1.01 * tl.sqrt(")
+
+
+# --- specs with reductions, row/column/scalar state or `loss` -------------------------------------
+
+LAMB = ADAM.parent / "lamb.opt"
+SPS = ADAM.parent / "sps.opt"
+
+
+def test_staged_specs_pass_quick_verify():
+    for spec in (LAMB, SPS, ADAM.parent / "adafactor.opt", ADAM.parent / "nadam.opt"):
+        out = io.StringIO()
+        assert verify_file(spec, out=out, quick=True), out.getvalue()
+        assert "reference vs spec (fp64)" in out.getvalue()
+
+
+def test_a_wrong_reduction_in_the_reference_is_caught(monkeypatch):
+    # The interpretation's norm off by 1e-6 relative: the generated reference no longer agrees.
+    from optdsl import interpret
+
+    original = interpret._reduce
+
+    def off(base, args, over, shape):
+        value = original(base, args, over, shape)
+        return value * 1.000001 if base == "norm" else value
+
+    monkeypatch.setattr(interpret, "_reduce", off)
+    out = io.StringIO()
+    assert not verify_file(LAMB, out=out, quick=True)
+    assert "reference vs spec (fp64)" in out.getvalue() and "FAIL" in out.getvalue()
+
+
+def test_a_wrong_global_reduction_is_caught(monkeypatch):
+    from optdsl import interpret
+
+    parts = dict(interpret._GLOBAL_PARTS)
+    contribution, combine = parts["sum"]
+    parts["sum"] = (lambda x: contribution(x) * 1.000001, combine)
+    monkeypatch.setattr(interpret, "_GLOBAL_PARTS", parts)
+    out = io.StringIO()
+    assert not verify_file(SPS, out=out, quick=True)
