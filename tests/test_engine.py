@@ -438,6 +438,58 @@ def test_kernels_compile_for_sm90_with_vector_loads_when_aligned():
     assert "FAILURES []" in result.stdout, result.stdout[-3000:]
 
 
+JIT_KEYS = textwrap.dedent('''
+    import os, sys, warnings
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    import generated.adamw as module
+    # Triton's own argument binder for an H100, which computes the specialization that keys its
+    # JIT cache; launches are recorded instead of run (no GPU here).
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    keys = []
+    class Recorder:
+        def __init__(self, kernel):
+            self.binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                _, specialization, options = self.binder(*args, **kwargs)
+                keys.append(str(specialization) + str(options))
+            return launch
+    for key, (kernel, touched, writes) in list(module._VARIANTS.items()):
+        module._VARIANTS[key] = (Recorder(kernel), touched, writes)
+    params = [torch.randn(n, requires_grad=True) for n in (32, 1040)]
+    opt = module.AdamW(params, backend="torch")
+    opt.backend = "triton"
+    os.environ["TRITON_INTERPRET"] = "1"  # lets the CPU tensors take the Triton path
+    for step in range(1, 6):
+        group = opt.param_groups[0]
+        group["lr"] = torch.tensor(0.01 * step) if step % 2 else 0.02 * step
+        group["betas"] = (0.9 - 0.01 * step, 0.99 + 0.001 * step)
+        group["weight_decay"] = 0.1 * step
+        group["eps"] = 10.0 ** -step
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    print("KEYS", len(keys), len(set(keys)))
+''')
+
+
+@pytest.mark.skipif(not _can_compile_for_sm90(), reason="Triton's NVIDIA backend is not installed")
+def test_new_hyperparameter_values_keep_the_jit_cache_key():
+    """Triton's JIT cache key for a launch (argument specialization and options, as its binder
+    computes it for an H100) is the same for every step while lr (number or tensor), betas,
+    weight decay, eps and the step change: no recompilation."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", JIT_KEYS, str(ROOT)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "KEYS 5 1" in result.stdout, result.stdout[-2000:]
+
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
                           reason="needs a CUDA GPU and compiled (not interpreted) kernels")
 
@@ -483,6 +535,7 @@ def test_new_hyperparameter_values_do_not_recompile():  # pragma: no cover - GPU
     kernel = module._VARIANTS[(False,)][0]
 
     def compiled():
+        # Triton 3.x keeps compiled kernels per device in device_caches[device][0] (a dict).
         return sum(len(cache[0]) for cache in kernel.device_caches.values())
 
     for step in range(1, 6):
