@@ -85,117 +85,219 @@ def _reference(param, grad, state, h):
 
 
 # ---------------------------------------------------------------------------------------------
-# Triton kernels: one program per BLOCK_SIZE elements, math in float32. Scalars that depend only
-# on hyperparameters and the step are computed once on the host by the launcher.
+# Triton helpers (core `tl` ops only, so the interpreter and the GPU run the same code).
+
+@_jit
+def _scalar_pow(x, y):
+    # x ** y as Python's float math gives it: x ** 0 = 1 ** y = 1, and a negative x to an
+    # integral y keeps the sign of an odd power (nan for a non-integral y).
+    magnitude = tl.exp(y * tl.log(tl.abs(x)))
+    integral = tl.floor(y) == y
+    odd = integral & (tl.floor(y * 0.5) * 2.0 != y)
+    signed = tl.where(x < 0, tl.where(integral, tl.where(odd, -magnitude, magnitude), float('nan')), magnitude)
+    return tl.where((y == 0) | (x == 1), 1.0, signed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton kernels: one launch updates every tensor of a bucket (same kernel, device and dtypes).
+#
+# tensors_ptr: a table in device memory, one row per tensor: the addresses of param, grad,
+#     exp_avg, exp_avg_sq, step, master_param, then its number of elements.
+# chunks_ptr: for each program, its row and the first of its BLOCK_SIZE elements.
+# hypers_ptr: the param group's hyperparameters in float64 (flags 0 or 1): lr, beta1, beta2,
+#     eps, weight_decay, decoupled_weight_decay, maximize.
+# Scalars that depend only on hyperparameters and the step are computed by each program, in
+# float64, from these and its tensor's step: a new lr or step changes no launch argument (no
+# recompilation; a CUDA graph replays it). The math per element is float32.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+@_jit
+def _condition(x):
+    """A scalar comparison as a condition for whole blocks. Compiled, this is `x`; Triton's
+    interpreter would broadcast a compared float64 as a float64."""
+    return tl.where(x, 1, 0) != 0
 
 
 @_jit
 def _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5(
-    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
-    beta2, eps, c0, c1, c2, c3, c4,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 7 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    master_ptr = _address(row_ptr, 5, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    step = tl.load(_address(row_ptr, 4, DTYPES[4], False)).to(tl.float64)
+    lr = tl.load(hypers_ptr + 0)
+    beta1 = tl.load(hypers_ptr + 1)
+    beta2 = tl.load(hypers_ptr + 2)
+    eps = tl.load(hypers_ptr + 3)
+    weight_decay = tl.load(hypers_ptr + 4)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    h0 = _scalar_pow(beta2, step)
+    h1 = 1.0 - beta2
+    h2 = -2.0/h1
+    h3 = h2 + 1.0
+    h5 = h2 + 5.0
+    h6 = h2 + 3.0
+    bc1 = 1.0 - _scalar_pow(beta1, step)
+    bc2 = 1.0 - h0
+    h4 = 2.0*h0*step/bc2
+    rho_inf = -h3
+    rho_t = -h3 - h4
+    c0 = -lr*weight_decay + 1.0
+    c1 = h1
+    c2 = tl.where(maximize, -1.0, 1.0)
+    c3 = 1.0 - beta1
+    c4 = -tl.sqrt(bc2)*lr*tl.sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))/bc1
+    beta2 = tl.cast(beta2, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    c3 = tl.cast(c3, tl.float32)
+    c4 = tl.cast(c4, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg_sq_new = beta2*exp_avg_sq + c1*grad * grad
     g = c2*grad
     exp_avg_new = c3*(-exp_avg + g) + exp_avg
-    tl.store(param_ptr + offsets, (c0*param + c4*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new))).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
-
-
-def _r_adam_launch_decoupled_weight_decay_rho_t_gt_5(param, grad, state, h):
-    lr = h["lr"]
-    beta1 = h["beta1"]
-    beta2 = h["beta2"]
-    weight_decay = h["weight_decay"]
-    maximize = h["maximize"]
-    step = h["step"]
-    h0 = _pow(beta2, step)
-    h1 = 1 - beta2
-    h2 = -2/h1
-    h3 = h2 + 1
-    h5 = h2 + 5
-    h6 = h2 + 3
-    bc1 = 1 - _pow(beta1, step)
-    bc2 = 1 - h0
-    h4 = 2*h0*step/bc2
-    rho_inf = -h3
-    rho_t = -h3 - h4
-    c0 = -lr*weight_decay + 1
-    c1 = h1
-    c2 = (-1.0 if maximize else 1.0)
-    c3 = 1 - beta1
-    c4 = -_sqrt(bc2)*lr*_sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))/bc1
-    eps = h["eps"]
-    n_elements = param.numel()
-    _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["exp_avg"], state["exp_avg_sq"],
-        beta2, eps, c0, c1, c2, c3, c4,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+    param_new = c0*param + c4*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new))
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
 
 
 @_jit
 def _r_adam_kernel_decoupled_weight_decay_not_rho_t_gt_5(
-    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
-    beta2, c0, c1, c2, c3, c4,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 7 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    master_ptr = _address(row_ptr, 5, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    step = tl.load(_address(row_ptr, 4, DTYPES[4], False)).to(tl.float64)
+    lr = tl.load(hypers_ptr + 0)
+    beta1 = tl.load(hypers_ptr + 1)
+    beta2 = tl.load(hypers_ptr + 2)
+    weight_decay = tl.load(hypers_ptr + 4)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    bc1 = 1.0 - _scalar_pow(beta1, step)
+    c0 = -lr*weight_decay + 1.0
+    c1 = tl.where(maximize, -1.0, 1.0)
+    c2 = 1.0 - beta1
+    c3 = -lr/bc1
+    c4 = 1.0 - beta2
+    beta2 = tl.cast(beta2, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    c3 = tl.cast(c3, tl.float32)
+    c4 = tl.cast(c4, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg_sq_new = beta2*exp_avg_sq + c4*grad * grad
     g = c1*grad
     exp_avg_new = c2*(-exp_avg + g) + exp_avg
-    tl.store(param_ptr + offsets, (c0*param + c3*exp_avg_new).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
-
-
-def _r_adam_launch_decoupled_weight_decay_not_rho_t_gt_5(param, grad, state, h):
-    lr = h["lr"]
-    beta1 = h["beta1"]
-    beta2 = h["beta2"]
-    weight_decay = h["weight_decay"]
-    maximize = h["maximize"]
-    step = h["step"]
-    bc1 = 1 - _pow(beta1, step)
-    c0 = -lr*weight_decay + 1
-    c1 = (-1.0 if maximize else 1.0)
-    c2 = 1 - beta1
-    c3 = -lr/bc1
-    c4 = 1 - beta2
-    n_elements = param.numel()
-    _r_adam_kernel_decoupled_weight_decay_not_rho_t_gt_5[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["exp_avg"], state["exp_avg_sq"],
-        beta2, c0, c1, c2, c3, c4,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+    param_new = c0*param + c3*exp_avg_new
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
 
 
 @_jit
 def _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5(
-    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
-    beta2, eps, weight_decay, c0, c1, c2, c3,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 7 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    master_ptr = _address(row_ptr, 5, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    step = tl.load(_address(row_ptr, 4, DTYPES[4], False)).to(tl.float64)
+    lr = tl.load(hypers_ptr + 0)
+    beta1 = tl.load(hypers_ptr + 1)
+    beta2 = tl.load(hypers_ptr + 2)
+    eps = tl.load(hypers_ptr + 3)
+    weight_decay = tl.load(hypers_ptr + 4)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    h0 = _scalar_pow(beta2, step)
+    h1 = 1.0 - beta2
+    h2 = -2.0/h1
+    h3 = h2 + 1.0
+    h5 = h2 + 5.0
+    h6 = h2 + 3.0
+    bc1 = 1.0 - _scalar_pow(beta1, step)
+    bc2 = 1.0 - h0
+    h4 = 2.0*h0*step/bc2
+    rho_inf = -h3
+    rho_t = -h3 - h4
+    c0 = tl.where(maximize, -1.0, 1.0)
+    c1 = h1
+    c2 = 1.0 - beta1
+    c3 = -tl.sqrt(bc2)*lr*tl.sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))/bc1
+    beta2 = tl.cast(beta2, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    weight_decay = tl.cast(weight_decay, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    c3 = tl.cast(c3, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
@@ -204,53 +306,53 @@ def _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5(
     exp_avg_new = c2*(-exp_avg + tmp0) + exp_avg
     g_2 = tmp0
     exp_avg_sq_new = beta2*exp_avg_sq + c1*g_2 * g_2
-    tl.store(param_ptr + offsets, (c3*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
-
-
-def _r_adam_launch_not_decoupled_weight_decay_rho_t_gt_5(param, grad, state, h):
-    lr = h["lr"]
-    beta1 = h["beta1"]
-    beta2 = h["beta2"]
-    maximize = h["maximize"]
-    step = h["step"]
-    h0 = _pow(beta2, step)
-    h1 = 1 - beta2
-    h2 = -2/h1
-    h3 = h2 + 1
-    h5 = h2 + 5
-    h6 = h2 + 3
-    bc1 = 1 - _pow(beta1, step)
-    bc2 = 1 - h0
-    h4 = 2*h0*step/bc2
-    rho_inf = -h3
-    rho_t = -h3 - h4
-    c0 = (-1.0 if maximize else 1.0)
-    c1 = h1
-    c2 = 1 - beta1
-    c3 = -_sqrt(bc2)*lr*_sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))/bc1
-    eps = h["eps"]
-    weight_decay = h["weight_decay"]
-    n_elements = param.numel()
-    _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["exp_avg"], state["exp_avg_sq"],
-        beta2, eps, weight_decay, c0, c1, c2, c3,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+    param_new = c3*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
 
 
 @_jit
 def _r_adam_kernel_not_decoupled_weight_decay_not_rho_t_gt_5(
-    param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
-    beta2, weight_decay, c0, c1, c2, c3,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 7 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    master_ptr = _address(row_ptr, 5, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    step = tl.load(_address(row_ptr, 4, DTYPES[4], False)).to(tl.float64)
+    lr = tl.load(hypers_ptr + 0)
+    beta1 = tl.load(hypers_ptr + 1)
+    beta2 = tl.load(hypers_ptr + 2)
+    weight_decay = tl.load(hypers_ptr + 4)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    bc1 = 1.0 - _scalar_pow(beta1, step)
+    c0 = tl.where(maximize, -1.0, 1.0)
+    c1 = 1.0 - beta1
+    c2 = -lr/bc1
+    c3 = 1.0 - beta2
+    beta2 = tl.cast(beta2, tl.float32)
+    weight_decay = tl.cast(weight_decay, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    c3 = tl.cast(c3, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
@@ -259,30 +361,42 @@ def _r_adam_kernel_not_decoupled_weight_decay_not_rho_t_gt_5(
     exp_avg_new = c1*(-exp_avg + tmp0) + exp_avg
     g_2 = tmp0
     exp_avg_sq_new = beta2*exp_avg_sq + c3*g_2 * g_2
-    tl.store(param_ptr + offsets, (c2*exp_avg_new + param).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(exp_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(exp_avg_sq_ptr.dtype.element_ty), mask=mask)
+    param_new = c2*exp_avg_new + param
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
 
 
-def _r_adam_launch_not_decoupled_weight_decay_not_rho_t_gt_5(param, grad, state, h):
-    lr = h["lr"]
-    beta1 = h["beta1"]
-    beta2 = h["beta2"]
-    maximize = h["maximize"]
-    step = h["step"]
-    bc1 = 1 - _pow(beta1, step)
-    c0 = (-1.0 if maximize else 1.0)
-    c1 = 1 - beta1
-    c2 = -lr/bc1
-    c3 = 1 - beta2
-    weight_decay = h["weight_decay"]
-    n_elements = param.numel()
-    _r_adam_kernel_not_decoupled_weight_decay_not_rho_t_gt_5[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["exp_avg"], state["exp_avg_sq"],
-        beta2, weight_decay, c0, c1, c2, c3,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _bucket(kernel, row, cached):
+    """Tensors share a launch when they share the kernel, the device, the dtypes of every column,
+    whether they carry master weights, and whether every address is 16-byte aligned and the size
+    a multiple of 16 (vector loads). `cached`: the tables may be kept for the next step."""
+    columns = ("param", "grad", "exp_avg", "exp_avg_sq", "step", "master_param")
+    dtypes = tuple(row[c].dtype if c in row else torch.float32 for c in columns)
+    aligned = row["param"].numel() % 16 == 0 and all(t.data_ptr() % 16 == 0 for c, t in row.items() if c != "step")
+    return (kernel, row["param"].device, dtypes, "master_param" in row, aligned, cached)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,12 +410,12 @@ def _variant(h):
     return (bool(decoupled_weight_decay), bool((-2*_pow(beta2, step)*step/(1 - _pow(beta2, step)) - 1 + 2/(1 - beta2) > 5)))
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (kernel, states it touches, tensors it writes)
 _VARIANTS = {
-    (True, True): (_r_adam_launch_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
-    (True, False): (_r_adam_launch_decoupled_weight_decay_not_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
-    (False, True): (_r_adam_launch_not_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
-    (False, False): (_r_adam_launch_not_decoupled_weight_decay_not_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (True, True): (_r_adam_kernel_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (True, False): (_r_adam_kernel_decoupled_weight_decay_not_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (False, True): (_r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (False, False): (_r_adam_kernel_not_decoupled_weight_decay_not_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
 }
 
 
@@ -396,6 +510,49 @@ def _real(tensor):
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
 
 
+def _kernel_hyperparameters(group):
+    """The hyperparameters in the order of the kernels' buffer: numbers, flags (True is 1) and
+    0-dim tensors, which stay tensors (copied on the device, never read by the host)."""
+    return (group["lr"], group["betas"][0], group["betas"][1], group["eps"], group["weight_decay"], group["decoupled_weight_decay"], group["maximize"])
+
+
+def _host_hyperparameters(group, capturable):
+    """The hyperparameters the host reads itself (beta2, decoupled_weight_decay): to choose a kernel or to
+    start a state. A tensor among them would be read with .item(), a host sync."""
+    values = {"beta2": group["betas"][1], "decoupled_weight_decay": group["decoupled_weight_decay"]}
+    for name, value in values.items():
+        if capturable and isinstance(value, torch.Tensor):
+            raise RuntimeError(f"capturable: {name} is read on the host, so it must be a number, not a tensor")
+    return {name: value if isinstance(value, bool) else _as_float(value, name) for name, value in values.items()}
+
+
+def _state_dtype(name, param, policy):
+    """The dtype state `name` of `param` is kept in: `policy` (the state_dtype argument: one dtype,
+    or a dict by state name), else float32 for float16/bfloat16 parameters and the
+    parameter's dtype otherwise. Complex parameters keep complex state."""
+    if isinstance(policy, dict):
+        policy = policy.get(name)
+    if not param.is_floating_point():
+        return param.dtype
+    if policy is not None:
+        return policy
+    return torch.float32 if param.dtype in (torch.float16, torch.bfloat16) else param.dtype
+
+
+def _validate_engine_options(capturable, master_weights, state_dtype):
+    if not isinstance(capturable, bool):
+        raise ValueError(f"Invalid capturable: expected True or False, got {capturable!r}")
+    if not isinstance(master_weights, bool):
+        raise ValueError(f"Invalid master_weights: expected True or False, got {master_weights!r}")
+    states = ("exp_avg", "exp_avg_sq")
+    choices = state_dtype if isinstance(state_dtype, dict) else {name: state_dtype for name in states}
+    for name, dtype in choices.items():
+        if name not in states:
+            raise ValueError(f"Invalid state_dtype: RAdam keeps no state {name!r} (it keeps {', '.join(states)})")
+        if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"Invalid state_dtype: {dtype!r} for {name} (expected a floating-point torch dtype)")
+
+
 def _local(tensor):
     """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
     update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
@@ -430,6 +587,14 @@ class RAdam(torch.optim.Optimizer):
         maximize: default False.
         backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton"
             or "torch".
+        capturable: never read a device value on the host inside `step` (so a CUDA graph can
+            capture it): hyperparameters may be 0-dim device tensors, read by the kernels.
+            Raises where the rule would need a host read (a kernel chosen by a tensor
+            hyperparameter or, as here, by the step count).
+        master_weights: keep a float32 copy of float16/bfloat16 parameters in state
+            `master_param`; the update reads and writes the copy, the parameter gets it rounded.
+        state_dtype: the dtype of every state (or a dict: state name -> dtype). Default: float32
+            for float16/bfloat16 parameters, the parameter's dtype otherwise.
 
     State per parameter: `step`, `exp_avg`, `exp_avg_sq`.
     """
@@ -445,12 +610,21 @@ class RAdam(torch.optim.Optimizer):
         maximize=False,
         *,
         backend="auto",
+        capturable=False,
+        master_weights=False,
+        state_dtype=None,
     ):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         _validate(defaults)
         self.backend = backend
+        _validate_engine_options(capturable, master_weights, state_dtype)
+        self.capturable = capturable
+        self.master_weights = master_weights
+        self.state_dtype = state_dtype
+        self._tables = {}  # (group index, bucket) -> (addresses, tensor table, chunk table)
+        self._hyper_buffers = {}  # (group index, device) -> (values written, float64 buffer)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -464,11 +638,16 @@ class RAdam(torch.optim.Optimizer):
     def __getstate__(self):
         # torch.optim.Optimizer pickles only defaults/state/param_groups; deepcopy and pickle
         # must keep the backend too.
-        return dict(super().__getstate__(), backend=self.backend)
+        return dict(super().__getstate__(), backend=self.backend, capturable=self.capturable,
+                    master_weights=self.master_weights, state_dtype=self.state_dtype)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("capturable", False)
+        self.__dict__.setdefault("master_weights", False)
+        self.__dict__.setdefault("state_dtype", None)
+        self._tables, self._hyper_buffers = {}, {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("betas", self.defaults["betas"])
@@ -477,6 +656,23 @@ class RAdam(torch.optim.Optimizer):
             group.setdefault("decoupled_weight_decay", self.defaults["decoupled_weight_decay"])
             group.setdefault("maximize", self.defaults["maximize"])
 
+    def load_state_dict(self, state_dict):
+        # torch casts loaded state to the parameter's dtype; here each state keeps the dtype it is
+        # kept in (_state_dtype; master weights float32) and the step stays as saved.
+        saved = {index: dict(values) for index, values in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        index_of = {index: p for group, saved_group in zip(self.param_groups, state_dict["param_groups"])
+                    for index, p in zip(saved_group["params"], group["params"])}
+        for index, values in saved.items():
+            param = index_of.get(index)
+            if param is None or param not in self.state:
+                continue
+            for name, value in values.items():
+                if name == "step" or not isinstance(value, torch.Tensor):
+                    continue
+                dtype = torch.float32 if name == "master_param" else _state_dtype(name, param, self.state_dtype)
+                self.state[param][name] = value.to(device=param.device, dtype=dtype)
+
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step. `closure` re-evaluates the model and returns the loss."""
@@ -484,30 +680,41 @@ class RAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            fused = [_use_triton(p, self.backend) for p in params]
+            if any(fused):
+                self._step_triton(index, group, [p for p, f in zip(params, fused) if f])
+            if all(fused):
+                continue
+            if self.capturable and any(p.is_cuda for p, f in zip(params, fused) if not f):
+                raise RuntimeError("capturable=True needs backend 'auto' or 'triton' for CUDA tensors: the reference reads the step on the host")
             hyperparameters = _hyperparameters(group)
-            for param in group["params"]:
-                if param.grad is not None:
+            for param, f in zip(params, fused):
+                if not f:
                     self._update(param, param.grad, self.state[param], hyperparameters)
         return loss
 
     def _update(self, param, grad, state, hyperparameters):
+        """The reference step of one tensor."""
         if grad.is_sparse:
             raise RuntimeError("RAdam does not support sparse gradients")
         if len(state) == 0 or "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _VARIANTS[_variant(h)]
+        _, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _init_state(name, param, h)
+                state[name] = self._new_state(name, param, h)
         param, grad = _real(_local(param)), _real(_local(grad))
         tensors = {name: _real(_local(state[name])) for name in touched}
-        if _use_triton(param, self.backend):
-            self._update_triton(launch, param, grad, tensors, writes, h)
-        else:
+        master = self._master_weights(param, state)
+        if master is None:
             self._update_reference(param, grad, tensors, writes, h)
+        else:
+            self._update_reference(master, grad, tensors, writes, h)
+            param.copy_(master)
 
     @staticmethod
     def _update_reference(param, grad, tensors, writes, h):
@@ -525,20 +732,104 @@ class RAdam(torch.optim.Optimizer):
             chunk = slice(start, start + CPU_CHUNK)
             _reference_into({name: t[chunk] for name, t in flat.items()}, flat_grad[chunk], writes, h, compute)
 
-    @staticmethod
-    def _update_triton(launch, param, grad, tensors, writes, h):
-        if param.numel() == 0:
-            return
-        dense = [param, grad, *tensors.values()]
-        if all(t.is_contiguous() for t in dense):
-            launch(param, grad, tensors, h)
-            return
-        # The kernel indexes flat memory: run on contiguous copies and write back.
-        copies = {name: t.contiguous() for name, t in tensors.items()}
-        param_copy = param.contiguous()
-        launch(param_copy, grad.contiguous(), copies, h)
-        targets = dict(tensors, param=param)
-        for name in writes:
-            source = param_copy if name == "param" else copies[name]
-            if source is not targets[name]:
-                targets[name].copy_(source)
+    def _new_state(self, name, param, h):
+        value = _init_state(name, param, h)
+        dtype = _state_dtype(name, param, self.state_dtype)
+        return value if value.dtype == dtype else value.to(dtype)
+
+    def _master_weights(self, param, state):
+        """The float32 copy of a float16/bfloat16 parameter under master_weights=True, else None."""
+        if not self.master_weights or param.dtype not in (torch.float16, torch.bfloat16):
+            return None
+        if "master_param" not in state:
+            state["master_param"] = param.detach().float()
+        return state["master_param"]
+
+    # -----------------------------------------------------------------------------------------
+    # The Triton engine: one launch per bucket of tensors that share a kernel, device and dtypes.
+
+    def _step_triton(self, index, group, params):
+        """Update `params` (all with grads) of param group `index`: one launch counts every
+        step, then one kernel launch per bucket. Nothing here reads a device value on the host,
+        except the step count, which chooses the kernel."""
+        host = _host_hyperparameters(group, self.capturable)
+        buckets = {}
+        steps = []
+        write_back = []  # (tensor, contiguous copy the kernel updated) for non-contiguous tensors
+        for param in params:
+            grad = param.grad
+            if grad.is_sparse:
+                raise RuntimeError("RAdam does not support sparse gradients")
+            state = self.state[param]
+            h = dict(host)
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=_scalar_dtype(), device=param.device)
+            elif state["step"].device != param.device:  # e.g. loaded from a checkpoint: the kernel reads it
+                state["step"] = state["step"].to(param.device)
+            steps.append(state["step"])
+            if self.capturable:
+                raise RuntimeError("capturable: RAdam chooses its kernel from the step count, which lives on the device")
+            h["step"] = float(state["step"]) + 1  # a host read
+            kernel, touched, writes = _VARIANTS[_variant(h)]
+            for name in touched:
+                if name not in state:
+                    state[name] = self._new_state(name, param, h)
+            row = {"param": _real(_local(param)), "grad": _real(_local(grad))}  # a DTensor's shard
+            row.update((name, _real(_local(state[name]))) for name in touched)
+            if row["param"].numel() == 0:
+                continue
+            master = self._master_weights(row["param"], state)
+            if master is not None:
+                row["master_param"] = master
+            contiguous = all(t.is_contiguous() for t in row.values())
+            if not contiguous:
+                # The kernel indexes flat memory: it updates contiguous copies, written back below.
+                copies = {name: t.contiguous() for name, t in row.items()}
+                written = [*writes, "master_param"] if master is not None else writes
+                write_back += [(row[name], copies[name]) for name in written]
+                row = copies
+            row["step"] = state["step"]
+            flags = []
+            buckets.setdefault(_bucket(kernel, row, cached=contiguous), []).append((row, flags))
+        if steps:
+            torch._foreach_add_(steps, 1)
+        used = set()
+        for key, rows in buckets.items():
+            kernel, device, dtypes, master_weights, aligned, cached = key
+            hypers = self._hyperparameter_buffer(index, group, device)
+            addresses = [[row[c].data_ptr() if c in row else 0 for c in ("param", "grad", "exp_avg", "exp_avg_sq", "step", "master_param")]
+                         + [row["param"].numel(), *flags] for row, flags in rows]
+            sizes = [row[6] for row in addresses]
+            entry = self._tables.get((index, key)) if cached else None
+            if entry is None or entry[0] != addresses:  # first step, a tensor moved, or not cached
+                chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+                entry = (addresses, sizes, chunks, _tensor_table(addresses, device))
+                if cached:
+                    self._tables[(index, key)] = entry
+            used.add((index, key))
+            _, _, chunks, tensors = entry
+            kernel[(chunks.shape[0],)](
+                tensors, chunks, hypers,
+                DTYPES=tuple(_tl_dtype(d) for d in dtypes), MASTER_WEIGHTS=master_weights, ALIGNED=aligned,
+                BLOCK_SIZE=BLOCK_SIZE,
+            )
+        for key in [k for k in self._tables if k[0] == index and k not in used]:
+            del self._tables[key]  # buckets this group no longer has
+        for target, copy in write_back:
+            target.copy_(copy)
+
+    def _hyperparameter_buffer(self, index, group, device):
+        """Param group `index`'s hyperparameters in a float64 tensor on `device`, in the kernels'
+        order. Only what changed since the last step is written: a number with fill_, a tensor by
+        a device copy; no host sync and no allocation after the first step."""
+        values = _kernel_hyperparameters(group)
+        previous, buffer = self._hyper_buffers.get((index, device), ((None,) * len(values), None))
+        if buffer is None:
+            buffer = torch.zeros(max(len(values), 1), dtype=torch.float64, device=device)
+        for slot, (value, before) in enumerate(zip(values, previous)):
+            if isinstance(value, torch.Tensor):
+                buffer[slot].copy_(value.reshape(()))
+            elif before is None or isinstance(before, torch.Tensor) or value != before:
+                buffer[slot].fill_(value)
+        self._hyper_buffers[(index, device)] = (values, buffer)
+        return buffer

@@ -69,20 +69,73 @@ def _reference(param, grad, state, h):
 
 
 # ---------------------------------------------------------------------------------------------
-# Triton kernels: one program per BLOCK_SIZE elements, math in float32. Scalars that depend only
-# on hyperparameters and the step are computed once on the host by the launcher.
+# Triton kernels: one launch updates every tensor of a bucket (same kernel, device and dtypes).
+#
+# tensors_ptr: a table in device memory, one row per tensor: the addresses of param, grad,
+#     square_avg, momentum_buffer, grad_avg, step, master_param, then its number of elements.
+# chunks_ptr: for each program, its row and the first of its BLOCK_SIZE elements.
+# hypers_ptr: the param group's hyperparameters in float64 (flags 0 or 1): lr, alpha, eps,
+#     weight_decay, momentum, centered, maximize.
+# Scalars that depend only on hyperparameters and the step are computed by each program, in
+# float64, from these and its tensor's step: a new lr or step changes no launch argument (no
+# recompilation; a CUDA graph replays it). The math per element is float32.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+@_jit
+def _condition(x):
+    """A scalar comparison as a condition for whole blocks. Compiled, this is `x`; Triton's
+    interpreter would broadcast a compared float64 as a float64."""
+    return tl.where(x, 1, 0) != 0
 
 
 @_jit
 def _rm_sprop_kernel_centered_momentum_gt_0(
-    param_ptr, grad_ptr, square_avg_ptr, momentum_buffer_ptr, grad_avg_ptr,
-    alpha, eps, weight_decay, momentum, c0, c1, c2,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 8 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 7)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    square_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    grad_avg_ptr = _address(row_ptr, 4, DTYPES[4], ALIGNED)
+    master_ptr = _address(row_ptr, 6, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    lr = tl.load(hypers_ptr + 0)
+    alpha = tl.load(hypers_ptr + 1)
+    eps = tl.load(hypers_ptr + 2)
+    weight_decay = tl.load(hypers_ptr + 3)
+    momentum = tl.load(hypers_ptr + 4)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    c0 = tl.where(maximize, -1.0, 1.0)
+    c1 = 1.0 - alpha
+    c2 = -lr
+    alpha = tl.cast(alpha, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    weight_decay = tl.cast(weight_decay, tl.float32)
+    momentum = tl.cast(momentum, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(tl.float32)
     momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
@@ -94,41 +147,51 @@ def _rm_sprop_kernel_centered_momentum_gt_0(
     square_avg_new = tmp0
     avg = eps + tl.sqrt(-grad_avg_new * grad_avg_new + tmp0)
     momentum_buffer_new = momentum*momentum_buffer + g/avg
-    tl.store(param_ptr + offsets, (c2*momentum_buffer_new + param).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(square_avg_ptr + offsets, (square_avg_new).to(square_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(momentum_buffer_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_avg_ptr + offsets, (grad_avg_new).to(grad_avg_ptr.dtype.element_ty), mask=mask)
-
-
-def _rm_sprop_launch_centered_momentum_gt_0(param, grad, state, h):
-    lr = h["lr"]
-    alpha = h["alpha"]
-    maximize = h["maximize"]
-    c0 = (-1.0 if maximize else 1.0)
-    c1 = 1 - alpha
-    c2 = -lr
-    eps = h["eps"]
-    weight_decay = h["weight_decay"]
-    momentum = h["momentum"]
-    n_elements = param.numel()
-    _rm_sprop_kernel_centered_momentum_gt_0[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["square_avg"], state["momentum_buffer"], state["grad_avg"],
-        alpha, eps, weight_decay, momentum, c0, c1, c2,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+    param_new = c2*momentum_buffer_new + param
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(square_avg_ptr + offsets, (square_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[3]), mask=mask)
+    tl.store(grad_avg_ptr + offsets, (grad_avg_new).to(DTYPES[4]), mask=mask)
 
 
 @_jit
 def _rm_sprop_kernel_centered_not_momentum_gt_0(
-    param_ptr, grad_ptr, square_avg_ptr, grad_avg_ptr,
-    alpha, eps, weight_decay, c0, c1, c2,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 8 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 7)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    square_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    grad_avg_ptr = _address(row_ptr, 4, DTYPES[4], ALIGNED)
+    master_ptr = _address(row_ptr, 6, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    lr = tl.load(hypers_ptr + 0)
+    alpha = tl.load(hypers_ptr + 1)
+    eps = tl.load(hypers_ptr + 2)
+    weight_decay = tl.load(hypers_ptr + 3)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    c0 = tl.where(maximize, -1.0, 1.0)
+    c1 = 1.0 - alpha
+    c2 = -lr
+    alpha = tl.cast(alpha, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    weight_decay = tl.cast(weight_decay, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(tl.float32)
     grad_avg = tl.load(grad_avg_ptr + offsets, mask=mask).to(tl.float32)
@@ -138,39 +201,52 @@ def _rm_sprop_kernel_centered_not_momentum_gt_0(
     tmp0 = alpha*square_avg + c1*g * g
     square_avg_new = tmp0
     avg = eps + tl.sqrt(-grad_avg_new * grad_avg_new + tmp0)
-    tl.store(param_ptr + offsets, (param + c2*g/avg).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(square_avg_ptr + offsets, (square_avg_new).to(square_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(grad_avg_ptr + offsets, (grad_avg_new).to(grad_avg_ptr.dtype.element_ty), mask=mask)
-
-
-def _rm_sprop_launch_centered_not_momentum_gt_0(param, grad, state, h):
-    lr = h["lr"]
-    alpha = h["alpha"]
-    maximize = h["maximize"]
-    c0 = (-1.0 if maximize else 1.0)
-    c1 = 1 - alpha
-    c2 = -lr
-    eps = h["eps"]
-    weight_decay = h["weight_decay"]
-    n_elements = param.numel()
-    _rm_sprop_kernel_centered_not_momentum_gt_0[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["square_avg"], state["grad_avg"],
-        alpha, eps, weight_decay, c0, c1, c2,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+    param_new = param + c2*g/avg
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(square_avg_ptr + offsets, (square_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(grad_avg_ptr + offsets, (grad_avg_new).to(DTYPES[4]), mask=mask)
 
 
 @_jit
 def _rm_sprop_kernel_not_centered_momentum_gt_0(
-    param_ptr, grad_ptr, square_avg_ptr, momentum_buffer_ptr,
-    alpha, eps, weight_decay, momentum, c0, c1, c2,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 8 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 7)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    square_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    master_ptr = _address(row_ptr, 6, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    lr = tl.load(hypers_ptr + 0)
+    alpha = tl.load(hypers_ptr + 1)
+    eps = tl.load(hypers_ptr + 2)
+    weight_decay = tl.load(hypers_ptr + 3)
+    momentum = tl.load(hypers_ptr + 4)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    c0 = tl.where(maximize, -1.0, 1.0)
+    c1 = 1.0 - alpha
+    c2 = -lr
+    alpha = tl.cast(alpha, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    weight_decay = tl.cast(weight_decay, tl.float32)
+    momentum = tl.cast(momentum, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(tl.float32)
     momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
@@ -178,65 +254,89 @@ def _rm_sprop_kernel_not_centered_momentum_gt_0(
     square_avg_new = alpha*square_avg + c1*g * g
     avg = eps + tl.sqrt(square_avg_new)
     momentum_buffer_new = momentum*momentum_buffer + g/avg
-    tl.store(param_ptr + offsets, (c2*momentum_buffer_new + param).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(square_avg_ptr + offsets, (square_avg_new).to(square_avg_ptr.dtype.element_ty), mask=mask)
-    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(momentum_buffer_ptr.dtype.element_ty), mask=mask)
-
-
-def _rm_sprop_launch_not_centered_momentum_gt_0(param, grad, state, h):
-    lr = h["lr"]
-    alpha = h["alpha"]
-    maximize = h["maximize"]
-    c0 = (-1.0 if maximize else 1.0)
-    c1 = 1 - alpha
-    c2 = -lr
-    eps = h["eps"]
-    weight_decay = h["weight_decay"]
-    momentum = h["momentum"]
-    n_elements = param.numel()
-    _rm_sprop_kernel_not_centered_momentum_gt_0[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["square_avg"], state["momentum_buffer"],
-        alpha, eps, weight_decay, momentum, c0, c1, c2,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+    param_new = c2*momentum_buffer_new + param
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(square_avg_ptr + offsets, (square_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[3]), mask=mask)
 
 
 @_jit
 def _rm_sprop_kernel_not_centered_not_momentum_gt_0(
-    param_ptr, grad_ptr, square_avg_ptr,
-    alpha, eps, weight_decay, c0, c1, c2,
-    n_elements,
-    BLOCK_SIZE: tl.constexpr,
+    tensors_ptr, chunks_ptr, hypers_ptr,
+    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 8 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 7)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
-    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    square_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    master_ptr = _address(row_ptr, 6, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
+    lr = tl.load(hypers_ptr + 0)
+    alpha = tl.load(hypers_ptr + 1)
+    eps = tl.load(hypers_ptr + 2)
+    weight_decay = tl.load(hypers_ptr + 3)
+    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
+    c0 = tl.where(maximize, -1.0, 1.0)
+    c1 = 1.0 - alpha
+    c2 = -lr
+    alpha = tl.cast(alpha, tl.float32)
+    eps = tl.cast(eps, tl.float32)
+    weight_decay = tl.cast(weight_decay, tl.float32)
+    c0 = tl.cast(c0, tl.float32)
+    c1 = tl.cast(c1, tl.float32)
+    c2 = tl.cast(c2, tl.float32)
+    if MASTER_WEIGHTS:  # the float32 copy is the parameter
+        param = tl.load(master_ptr + offsets, mask=mask)
+    else:
+        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     square_avg = tl.load(square_avg_ptr + offsets, mask=mask).to(tl.float32)
     g = c0*grad + param*weight_decay
     square_avg_new = alpha*square_avg + c1*g * g
     avg = eps + tl.sqrt(square_avg_new)
-    tl.store(param_ptr + offsets, (param + c2*g/avg).to(param_ptr.dtype.element_ty), mask=mask)
-    tl.store(square_avg_ptr + offsets, (square_avg_new).to(square_avg_ptr.dtype.element_ty), mask=mask)
+    param_new = param + c2*g/avg
+    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
+    if MASTER_WEIGHTS:
+        tl.store(master_ptr + offsets, param_new, mask=mask)
+    tl.store(square_avg_ptr + offsets, (square_avg_new).to(DTYPES[2]), mask=mask)
 
 
-def _rm_sprop_launch_not_centered_not_momentum_gt_0(param, grad, state, h):
-    lr = h["lr"]
-    alpha = h["alpha"]
-    maximize = h["maximize"]
-    c0 = (-1.0 if maximize else 1.0)
-    c1 = 1 - alpha
-    c2 = -lr
-    eps = h["eps"]
-    weight_decay = h["weight_decay"]
-    n_elements = param.numel()
-    _rm_sprop_kernel_not_centered_not_momentum_gt_0[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        param, grad, state["square_avg"],
-        alpha, eps, weight_decay, c0, c1, c2,
-        n_elements,
-        BLOCK_SIZE=BLOCK_SIZE,
-    )
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _bucket(kernel, row, cached):
+    """Tensors share a launch when they share the kernel, the device, the dtypes of every column,
+    whether they carry master weights, and whether every address is 16-byte aligned and the size
+    a multiple of 16 (vector loads). `cached`: the tables may be kept for the next step."""
+    columns = ("param", "grad", "square_avg", "momentum_buffer", "grad_avg", "step", "master_param")
+    dtypes = tuple(row[c].dtype if c in row else torch.float32 for c in columns)
+    aligned = row["param"].numel() % 16 == 0 and all(t.data_ptr() % 16 == 0 for c, t in row.items() if c != "step")
+    return (kernel, row["param"].device, dtypes, "master_param" in row, aligned, cached)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,12 +349,12 @@ def _variant(h):
     return (bool(centered), bool((momentum > 0)))
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (kernel, states it touches, tensors it writes)
 _VARIANTS = {
-    (True, True): (_rm_sprop_launch_centered_momentum_gt_0, ("square_avg", "momentum_buffer", "grad_avg"), ("param", "square_avg", "momentum_buffer", "grad_avg")),
-    (True, False): (_rm_sprop_launch_centered_not_momentum_gt_0, ("square_avg", "grad_avg"), ("param", "square_avg", "grad_avg")),
-    (False, True): (_rm_sprop_launch_not_centered_momentum_gt_0, ("square_avg", "momentum_buffer"), ("param", "square_avg", "momentum_buffer")),
-    (False, False): (_rm_sprop_launch_not_centered_not_momentum_gt_0, ("square_avg",), ("param", "square_avg")),
+    (True, True): (_rm_sprop_kernel_centered_momentum_gt_0, ("square_avg", "momentum_buffer", "grad_avg"), ("param", "square_avg", "momentum_buffer", "grad_avg")),
+    (True, False): (_rm_sprop_kernel_centered_not_momentum_gt_0, ("square_avg", "grad_avg"), ("param", "square_avg", "grad_avg")),
+    (False, True): (_rm_sprop_kernel_not_centered_momentum_gt_0, ("square_avg", "momentum_buffer"), ("param", "square_avg", "momentum_buffer")),
+    (False, False): (_rm_sprop_kernel_not_centered_not_momentum_gt_0, ("square_avg",), ("param", "square_avg")),
 }
 
 
@@ -350,6 +450,49 @@ def _real(tensor):
     return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
 
 
+def _kernel_hyperparameters(group):
+    """The hyperparameters in the order of the kernels' buffer: numbers, flags (True is 1) and
+    0-dim tensors, which stay tensors (copied on the device, never read by the host)."""
+    return (group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"], group["centered"], group["maximize"])
+
+
+def _host_hyperparameters(group, capturable):
+    """The hyperparameters the host reads itself (momentum, centered): to choose a kernel or to
+    start a state. A tensor among them would be read with .item(), a host sync."""
+    values = {"momentum": group["momentum"], "centered": group["centered"]}
+    for name, value in values.items():
+        if capturable and isinstance(value, torch.Tensor):
+            raise RuntimeError(f"capturable: {name} is read on the host, so it must be a number, not a tensor")
+    return {name: value if isinstance(value, bool) else _as_float(value, name) for name, value in values.items()}
+
+
+def _state_dtype(name, param, policy):
+    """The dtype state `name` of `param` is kept in: `policy` (the state_dtype argument: one dtype,
+    or a dict by state name), else float32 for float16/bfloat16 parameters and the
+    parameter's dtype otherwise. Complex parameters keep complex state."""
+    if isinstance(policy, dict):
+        policy = policy.get(name)
+    if not param.is_floating_point():
+        return param.dtype
+    if policy is not None:
+        return policy
+    return torch.float32 if param.dtype in (torch.float16, torch.bfloat16) else param.dtype
+
+
+def _validate_engine_options(capturable, master_weights, state_dtype):
+    if not isinstance(capturable, bool):
+        raise ValueError(f"Invalid capturable: expected True or False, got {capturable!r}")
+    if not isinstance(master_weights, bool):
+        raise ValueError(f"Invalid master_weights: expected True or False, got {master_weights!r}")
+    states = ("square_avg", "momentum_buffer", "grad_avg")
+    choices = state_dtype if isinstance(state_dtype, dict) else {name: state_dtype for name in states}
+    for name, dtype in choices.items():
+        if name not in states:
+            raise ValueError(f"Invalid state_dtype: RMSprop keeps no state {name!r} (it keeps {', '.join(states)})")
+        if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise ValueError(f"Invalid state_dtype: {dtype!r} for {name} (expected a floating-point torch dtype)")
+
+
 def _local(tensor):
     """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
     update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
@@ -384,6 +527,14 @@ class RMSprop(torch.optim.Optimizer):
         maximize: default False.
         backend: "auto" (Triton for CUDA tensors, the PyTorch reference otherwise), "triton"
             or "torch".
+        capturable: never read a device value on the host inside `step` (so a CUDA graph can
+            capture it): hyperparameters may be 0-dim device tensors, read by the kernels.
+            Raises where the rule would need a host read (a kernel chosen by a tensor
+            hyperparameter).
+        master_weights: keep a float32 copy of float16/bfloat16 parameters in state
+            `master_param`; the update reads and writes the copy, the parameter gets it rounded.
+        state_dtype: the dtype of every state (or a dict: state name -> dtype). Default: float32
+            for float16/bfloat16 parameters, the parameter's dtype otherwise.
 
     State per parameter: `step`, `square_avg`, `momentum_buffer`, `grad_avg`.
     """
@@ -400,12 +551,21 @@ class RMSprop(torch.optim.Optimizer):
         maximize=False,
         *,
         backend="auto",
+        capturable=False,
+        master_weights=False,
+        state_dtype=None,
     ):
         if backend not in ("auto", "triton", "torch"):
             raise ValueError(f"Invalid backend: {backend!r} (expected 'auto', 'triton' or 'torch')")
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum, centered=centered, maximize=maximize)
         _validate(defaults)
         self.backend = backend
+        _validate_engine_options(capturable, master_weights, state_dtype)
+        self.capturable = capturable
+        self.master_weights = master_weights
+        self.state_dtype = state_dtype
+        self._tables = {}  # (group index, bucket) -> (addresses, tensor table, chunk table)
+        self._hyper_buffers = {}  # (group index, device) -> (values written, float64 buffer)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -419,11 +579,16 @@ class RMSprop(torch.optim.Optimizer):
     def __getstate__(self):
         # torch.optim.Optimizer pickles only defaults/state/param_groups; deepcopy and pickle
         # must keep the backend too.
-        return dict(super().__getstate__(), backend=self.backend)
+        return dict(super().__getstate__(), backend=self.backend, capturable=self.capturable,
+                    master_weights=self.master_weights, state_dtype=self.state_dtype)
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("capturable", False)
+        self.__dict__.setdefault("master_weights", False)
+        self.__dict__.setdefault("state_dtype", None)
+        self._tables, self._hyper_buffers = {}, {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("alpha", self.defaults["alpha"])
@@ -433,6 +598,23 @@ class RMSprop(torch.optim.Optimizer):
             group.setdefault("centered", self.defaults["centered"])
             group.setdefault("maximize", self.defaults["maximize"])
 
+    def load_state_dict(self, state_dict):
+        # torch casts loaded state to the parameter's dtype; here each state keeps the dtype it is
+        # kept in (_state_dtype; master weights float32) and the step stays as saved.
+        saved = {index: dict(values) for index, values in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        index_of = {index: p for group, saved_group in zip(self.param_groups, state_dict["param_groups"])
+                    for index, p in zip(saved_group["params"], group["params"])}
+        for index, values in saved.items():
+            param = index_of.get(index)
+            if param is None or param not in self.state:
+                continue
+            for name, value in values.items():
+                if name == "step" or not isinstance(value, torch.Tensor):
+                    continue
+                dtype = torch.float32 if name == "master_param" else _state_dtype(name, param, self.state_dtype)
+                self.state[param][name] = value.to(device=param.device, dtype=dtype)
+
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step. `closure` re-evaluates the model and returns the loss."""
@@ -440,30 +622,41 @@ class RMSprop(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            fused = [_use_triton(p, self.backend) for p in params]
+            if any(fused):
+                self._step_triton(index, group, [p for p, f in zip(params, fused) if f])
+            if all(fused):
+                continue
+            if self.capturable and any(p.is_cuda for p, f in zip(params, fused) if not f):
+                raise RuntimeError("capturable=True needs backend 'auto' or 'triton' for CUDA tensors: the reference reads the step on the host")
             hyperparameters = _hyperparameters(group)
-            for param in group["params"]:
-                if param.grad is not None:
+            for param, f in zip(params, fused):
+                if not f:
                     self._update(param, param.grad, self.state[param], hyperparameters)
         return loss
 
     def _update(self, param, grad, state, hyperparameters):
+        """The reference step of one tensor."""
         if grad.is_sparse:
             raise RuntimeError("RMSprop does not support sparse gradients")
         if len(state) == 0 or "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
         state["step"] += 1
         h = dict(hyperparameters, step=float(state["step"]))
-        launch, touched, writes = _VARIANTS[_variant(h)]
+        _, touched, writes = _VARIANTS[_variant(h)]
         for name in touched:
             if name not in state:
-                state[name] = _init_state(name, param, h)
+                state[name] = self._new_state(name, param, h)
         param, grad = _real(_local(param)), _real(_local(grad))
         tensors = {name: _real(_local(state[name])) for name in touched}
-        if _use_triton(param, self.backend):
-            self._update_triton(launch, param, grad, tensors, writes, h)
-        else:
+        master = self._master_weights(param, state)
+        if master is None:
             self._update_reference(param, grad, tensors, writes, h)
+        else:
+            self._update_reference(master, grad, tensors, writes, h)
+            param.copy_(master)
 
     @staticmethod
     def _update_reference(param, grad, tensors, writes, h):
@@ -481,20 +674,100 @@ class RMSprop(torch.optim.Optimizer):
             chunk = slice(start, start + CPU_CHUNK)
             _reference_into({name: t[chunk] for name, t in flat.items()}, flat_grad[chunk], writes, h, compute)
 
-    @staticmethod
-    def _update_triton(launch, param, grad, tensors, writes, h):
-        if param.numel() == 0:
-            return
-        dense = [param, grad, *tensors.values()]
-        if all(t.is_contiguous() for t in dense):
-            launch(param, grad, tensors, h)
-            return
-        # The kernel indexes flat memory: run on contiguous copies and write back.
-        copies = {name: t.contiguous() for name, t in tensors.items()}
-        param_copy = param.contiguous()
-        launch(param_copy, grad.contiguous(), copies, h)
-        targets = dict(tensors, param=param)
-        for name in writes:
-            source = param_copy if name == "param" else copies[name]
-            if source is not targets[name]:
-                targets[name].copy_(source)
+    def _new_state(self, name, param, h):
+        value = _init_state(name, param, h)
+        dtype = _state_dtype(name, param, self.state_dtype)
+        return value if value.dtype == dtype else value.to(dtype)
+
+    def _master_weights(self, param, state):
+        """The float32 copy of a float16/bfloat16 parameter under master_weights=True, else None."""
+        if not self.master_weights or param.dtype not in (torch.float16, torch.bfloat16):
+            return None
+        if "master_param" not in state:
+            state["master_param"] = param.detach().float()
+        return state["master_param"]
+
+    # -----------------------------------------------------------------------------------------
+    # The Triton engine: one launch per bucket of tensors that share a kernel, device and dtypes.
+
+    def _step_triton(self, index, group, params):
+        """Update `params` (all with grads) of param group `index`: one launch counts every
+        step, then one kernel launch per bucket. Nothing here reads a device value on the host."""
+        host = _host_hyperparameters(group, self.capturable)
+        buckets = {}
+        steps = []
+        write_back = []  # (tensor, contiguous copy the kernel updated) for non-contiguous tensors
+        for param in params:
+            grad = param.grad
+            if grad.is_sparse:
+                raise RuntimeError("RMSprop does not support sparse gradients")
+            state = self.state[param]
+            h = dict(host)
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=_scalar_dtype(), device=param.device)
+            elif state["step"].device != param.device:  # e.g. loaded from a checkpoint: the kernel reads it
+                state["step"] = state["step"].to(param.device)
+            steps.append(state["step"])
+            kernel, touched, writes = _VARIANTS[_variant(h)]
+            for name in touched:
+                if name not in state:
+                    state[name] = self._new_state(name, param, h)
+            row = {"param": _real(_local(param)), "grad": _real(_local(grad))}  # a DTensor's shard
+            row.update((name, _real(_local(state[name]))) for name in touched)
+            if row["param"].numel() == 0:
+                continue
+            master = self._master_weights(row["param"], state)
+            if master is not None:
+                row["master_param"] = master
+            contiguous = all(t.is_contiguous() for t in row.values())
+            if not contiguous:
+                # The kernel indexes flat memory: it updates contiguous copies, written back below.
+                copies = {name: t.contiguous() for name, t in row.items()}
+                written = [*writes, "master_param"] if master is not None else writes
+                write_back += [(row[name], copies[name]) for name in written]
+                row = copies
+            row["step"] = state["step"]
+            flags = []
+            buckets.setdefault(_bucket(kernel, row, cached=contiguous), []).append((row, flags))
+        if steps:
+            torch._foreach_add_(steps, 1)
+        used = set()
+        for key, rows in buckets.items():
+            kernel, device, dtypes, master_weights, aligned, cached = key
+            hypers = self._hyperparameter_buffer(index, group, device)
+            addresses = [[row[c].data_ptr() if c in row else 0 for c in ("param", "grad", "square_avg", "momentum_buffer", "grad_avg", "step", "master_param")]
+                         + [row["param"].numel(), *flags] for row, flags in rows]
+            sizes = [row[7] for row in addresses]
+            entry = self._tables.get((index, key)) if cached else None
+            if entry is None or entry[0] != addresses:  # first step, a tensor moved, or not cached
+                chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+                entry = (addresses, sizes, chunks, _tensor_table(addresses, device))
+                if cached:
+                    self._tables[(index, key)] = entry
+            used.add((index, key))
+            _, _, chunks, tensors = entry
+            kernel[(chunks.shape[0],)](
+                tensors, chunks, hypers,
+                DTYPES=tuple(_tl_dtype(d) for d in dtypes), MASTER_WEIGHTS=master_weights, ALIGNED=aligned,
+                BLOCK_SIZE=BLOCK_SIZE,
+            )
+        for key in [k for k in self._tables if k[0] == index and k not in used]:
+            del self._tables[key]  # buckets this group no longer has
+        for target, copy in write_back:
+            target.copy_(copy)
+
+    def _hyperparameter_buffer(self, index, group, device):
+        """Param group `index`'s hyperparameters in a float64 tensor on `device`, in the kernels'
+        order. Only what changed since the last step is written: a number with fill_, a tensor by
+        a device copy; no host sync and no allocation after the first step."""
+        values = _kernel_hyperparameters(group)
+        previous, buffer = self._hyper_buffers.get((index, device), ((None,) * len(values), None))
+        if buffer is None:
+            buffer = torch.zeros(max(len(values), 1), dtype=torch.float64, device=device)
+        for slot, (value, before) in enumerate(zip(values, previous)):
+            if isinstance(value, torch.Tensor):
+                buffer[slot].copy_(value.reshape(()))
+            elif before is None or isinstance(before, torch.Tensor) or value != before:
+                buffer[slot].fill_(value)
+        self._hyper_buffers[(index, device)] = (values, buffer)
+        return buffer

@@ -72,6 +72,8 @@ RESERVED_NAMES = frozenset(keyword.kwlist) | LANGUAGE_KEYWORDS | {
     "math", "os", "torch", "triton", "tl", "self", "state", "group", "h", "True", "False", "None",
     "offsets", "mask", "n_elements", "BLOCK_SIZE", "compute_dtype",
     "pid", "row_index", "col_index", "n_rows", "n_cols", "partials", "temps", "inputs", "grid",
+    # the multi-tensor kernels' own names
+    "DTYPES", "MASTER_WEIGHTS", "ALIGNED", "param_new", "master_param",
 }
 
 # After user functions are inlined and earlier assignments substituted (as the IR does), one

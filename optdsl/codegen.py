@@ -17,7 +17,8 @@ from .ast import COL, ROW, UNIFORM
 from .checker import TENSOR_VALUES, CheckedSpec
 from .errors import SpecError
 from .plan import KernelPlan, Plan
-from .printers import HOST_HELPERS, HOST_HELPER_DEPENDENCIES, TRITON_HELPERS, HostPrinter, ReferencePrinter, TritonPrinter, float_literal
+from .printers import (HOST_HELPERS, HOST_HELPER_DEPENDENCIES, TRITON_HELPERS, HostPrinter, ReferencePrinter, ScalarPrinter,
+                       TritonPrinter, float_literal)
 
 TORCH_DTYPES = {"float16": "torch.float16", "bfloat16": "torch.bfloat16", "float32": "torch.float32", "float64": "torch.float64"}
 
@@ -94,6 +95,7 @@ class KernelView:
     host_defs: list[tuple[str, str]]
     host_inputs: list[str]
     scalar_args: list[str]
+    engine: dict = None  # multi-tensor kernel: see _engine_kernel
 
 
 def _python_string(text: str) -> str:
@@ -107,6 +109,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
     check_names(checked)
     prefix = f"_{snake_case(spec.name)}"
     triton_printer = TritonPrinter()
+    scalar_printer = ScalarPrinter()
     host_printer = HostPrinter()
     staged = dict(staged_variants=[], global_view=None)
     global_texts = {}
@@ -134,6 +137,8 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
             plan_kernel, f"{prefix}_kernel{suffix}", f"{prefix}_launch{suffix}", plan_kernel.tensors,
             plan_kernel.loads, stores, body, host_defs, plan_kernel.host_inputs, plan_kernel.scalar_args,
         ))
+        if not plan.staged:
+            kernels[-1].engine = _engine_kernel(plan_kernel, checked, scalar_printer)
 
     variant_rows = []
     for view in staged["staged_variants"]:
@@ -153,7 +158,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         read = _state_reads(checked, key)
         touched = [s for s in checked.state_names if s in kernel.tensors or s in read]
         writes = [t for t in kernel.plan.stores]
-        variant_rows.append((key, kernel.launcher_name, touched, writes))
+        variant_rows.append((key, kernel.kernel_name, touched, writes))
     variant_rows.sort(key=lambda row: [not b for b in row[0]])
 
     conditions = [host_printer.doprint(c) for c in plan.lowered.conditions]
@@ -214,7 +219,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         init_inputs = [n for n in checked.hyper_scalars if re.search(rf"\b{n}\b", init)]
         states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=dtype, host=False))
 
-    triton_helpers = [TRITON_HELPERS[h] for h in sorted(triton_printer.helpers)]
+    triton_helpers = [TRITON_HELPERS[h] for h in sorted(triton_printer.helpers | scalar_printer.helpers)]
     host_needed = set(host_printer.helpers) | set(ref_printer.helpers)
     for helper in list(host_needed):
         host_needed.update(HOST_HELPER_DEPENDENCIES.get(helper, ()))
@@ -261,10 +266,78 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         uses_loss=checked.uses_loss,
         host_states=checked.host_states,
         **staged,
+        engine=_engine_layout(checked, condition_inputs, states, hypers) if not plan.staged else None,
         triton_helpers=triton_helpers,
         host_helpers=host_helpers,
     )
     return re.sub(r"\n{4,}", "\n\n\n", text)  # at most two blank lines, as PEP 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-tensor kernels (elementwise specs): one launch updates every tensor of a bucket through
+# a table of addresses in device memory; host scalars are computed per program in float64.
+
+
+def _table_columns(checked: CheckedSpec) -> list[str]:
+    """Columns of the tensor table: the addresses of the tensors one row (one parameter) owns,
+    then its number of elements, then its `fresh_*` flags."""
+    columns = ["param", "grad", *checked.state_names]
+    if checked.counts_steps:
+        columns.append("step")
+    return columns + ["master_param", "numel"] + [f"fresh_{s}" for s in checked.fresh_states]
+
+
+def _engine_layout(checked: CheckedSpec, condition_inputs, states, hypers) -> dict:
+    """What the launcher side of the multi-tensor engine needs: table columns, the order of the
+    hyperparameter buffer (each scalar with where the param group holds it), and the
+    hyperparameters the host itself reads."""
+    columns = _table_columns(checked)
+    sources = {}
+    for hyper in hypers:
+        if hyper["kind"] == "tuple":
+            sources.update((c, f'group["{hyper["name"]}"][{i}]') for i, c in enumerate(hyper["components"]))
+        else:
+            sources[hyper["name"]] = f'group["{hyper["name"]}"]'
+    assert list(sources) == list(checked.hyper_scalars)
+    host_reads = [n for n in checked.hyper_scalars if n in condition_inputs or any(n in s["inputs"] for s in states)]
+    return dict(
+        sources=sources,
+        flags=[n for n, kind in checked.hyper_scalars.items() if kind == "bool"],
+        columns=columns,
+        tensor_columns=columns[: columns.index("numel")],
+        hypers=list(checked.hyper_scalars),
+        host_reads=host_reads,
+        variant_reads_step="step" in condition_inputs,
+    )
+
+
+def _engine_kernel(kernel: KernelPlan, checked: CheckedSpec, printer: ScalarPrinter) -> dict:
+    """The per-program prologue of a multi-tensor kernel: which hyperparameters it loads from the
+    buffer (slot, flag or number), whether it reads `step`, its fresh flags, the host scalars
+    printed as float64 Triton, and the scalars it then narrows to float32."""
+    columns = _table_columns(checked)
+    hypers = list(checked.hyper_scalars)
+    host_syms = {str(sym) for sym, _ in kernel.host_defs}
+    needed = set(kernel.host_inputs) | (set(kernel.scalar_args) - host_syms)
+    flags = {n for n, kind in checked.hyper_scalars.items() if kind == "bool"} | {f"fresh_{s}" for s in checked.fresh_states}
+    logic = (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction, sympy.logic.boolalg.BooleanAtom)
+    booleans = flags | {str(sym) for sym, expr in kernel.host_defs if isinstance(expr, logic)}
+    return dict(
+        hyper_loads=[(n, hypers.index(n), n in flags) for n in hypers if n in needed],
+        uses_step="step" in needed,
+        step_column=columns.index("step") if "step" in columns else None,
+        fresh_loads=[(n, columns.index(n)) for n in columns if n.startswith("fresh_") and n in needed],
+        scalar_defs=[(str(sym), f"_condition({printer.doprint(expr)})" if str(sym) in booleans else printer.doprint(expr))
+                     for sym, expr in kernel.host_defs],
+        narrowed=[n for n in kernel.scalar_args if n not in booleans],
+        columns=[(c, columns.index(c)) for c in columns if c in kernel.tensors],
+        column_of={c: columns.index(c) for c in columns},
+        numel_column=columns.index("numel"),
+        master_column=columns.index("master_param"),
+        row_width=len(columns),
+        reads_param="param" in kernel.loads,
+        writes_param="param" in kernel.stores,
+    )
 
 
 def _state_reads(checked: CheckedSpec, key) -> set[str]:

@@ -216,7 +216,8 @@ def _host_names(checked) -> set[str]:
 
 def plan_variant(lowered: LoweredSpec, variant: Variant) -> KernelPlan:
     checked = lowered.checked
-    names = _Names(set(["param", "grad", *checked.state_names]) | _host_names(checked))
+    # `param_new` holds the new parameter in the multi-tensor kernels.
+    names = _Names(set(["param", "param_new", "grad", *checked.state_names]) | _host_names(checked))
     return _plan_block(lowered, variant.key, variant.outputs, variant.local_names, names,
                        lowered.element_symbols, {})
 

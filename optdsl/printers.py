@@ -21,6 +21,17 @@ from .ir import sigmoid
 # Triton helpers for functions without a core `tl` op; written with core ops only so the same
 # code runs in the interpreter (CI) and on the GPU.
 TRITON_HELPERS = {
+    "_scalar_pow": '''
+@_jit
+def _scalar_pow(x, y):
+    # x ** y as Python's float math gives it: x ** 0 = 1 ** y = 1, and a negative x to an
+    # integral y keeps the sign of an odd power (nan for a non-integral y).
+    magnitude = tl.exp(y * tl.log(tl.abs(x)))
+    integral = tl.floor(y) == y
+    odd = integral & (tl.floor(y * 0.5) * 2.0 != y)
+    signed = tl.where(x < 0, tl.where(integral, tl.where(odd, -magnitude, magnitude), float('nan')), magnitude)
+    return tl.where((y == 0) | (x == 1), 1.0, signed)
+''',
     "_sign": '''
 @_jit
 def _sign(x):
@@ -256,6 +267,46 @@ class TritonPrinter(_Common):
         # `~`, not `not`: the compiled kernel maps `not` to an elementwise not, but the interpreter
         # runs Python's `not`, which collapses a block of conditions to one bool.
         return f"(~{self._print(expr.args[0])})"
+
+
+class ScalarPrinter(TritonPrinter):
+    """SymPy → Triton over one program's float64 scalars: the host scalars (bias corrections,
+    lr * weight_decay, ...) that a multi-tensor kernel computes per tensor from its `step` and the
+    hyperparameter buffer. Where Python's float math and IEEE differ (x ** y for a negative x and
+    an integral y, max/min of a NaN) it follows `HostPrinter`, so both backends agree."""
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.base, expr.exp
+        if exp.is_Integer or exp in (sympy.Rational(1, 2), sympy.Rational(-1, 2)):
+            return super()._print_Pow(expr, rational)
+        self.helpers.add("_scalar_pow")
+        return f"_scalar_pow({self._print(base)}, {self._print(exp)})"
+
+    def _print_Function(self, expr):
+        if type(expr).__name__ == "sigmoid":  # as the host helper computes it
+            return f"1.0 / (1.0 + tl.exp(-{self.parenthesize(expr.args[0], 1000)}))"
+        return super()._print_Function(expr)
+
+    _print_exp = _print_Function
+    _print_log = _print_Function
+    _print_sign = _print_Function
+    _print_tanh = _print_Function
+    _print_atan2 = _print_Function
+    _print_atan = _print_Function
+
+    def _fold(self, expr, op):
+        # Python's max(a, b, ...): the first argument unless a later one compares greater.
+        args = [self._print(a) for a in expr.args]
+        text = args[0]
+        for arg in args[1:]:
+            text = f"tl.where({arg} {op} {text}, {arg}, {text})"
+        return text
+
+    def _print_Max(self, expr):
+        return self._fold(expr, ">")
+
+    def _print_Min(self, expr):
+        return self._fold(expr, "<")
 
 
 class HostPrinter(_Common):

@@ -55,6 +55,13 @@ class _CountingKernel:
     def __init__(self, kernel, recorder, launches):
         self.kernel, self.recorder, self.launches = kernel, recorder, launches
 
+    # Equal to the kernel it wraps: the engine keys its cached launch tables on the kernel.
+    def __hash__(self):
+        return hash(self.kernel)
+
+    def __eq__(self, other):
+        return self.kernel == (other.kernel if isinstance(other, _CountingKernel) else other)
+
     def __call__(self, *args, **kwargs):  # a @triton.jit helper called from inside a kernel
         return self.kernel(*args, **kwargs)
 
@@ -92,11 +99,18 @@ def count_launches(module, opt):
     kernels: Counter = Counter()
     recorder = _Recorder(host_tensors(opt))
     originals = {name: obj for name, obj in vars(module).items() if isinstance(obj, KERNEL_TYPES)}
+    # The multi-tensor engine's dispatch table holds the kernels themselves.
+    variants = dict(getattr(module, "_VARIANTS", {}))
     try:
+        wrapped = {id(kernel): _CountingKernel(kernel, recorder, kernels) for kernel in originals.values()}
         for name, kernel in originals.items():
-            setattr(module, name, _CountingKernel(kernel, recorder, kernels))
+            setattr(module, name, wrapped[id(kernel)])
+        for key, (first, *rest) in variants.items():
+            if id(first) in wrapped:
+                module._VARIANTS[key] = (wrapped[id(first)], *rest)
         with recorder:
             yield kernels, recorder.ops
     finally:
         for name, kernel in originals.items():
             setattr(module, name, kernel)
+        module._VARIANTS.update(variants) if variants else None
