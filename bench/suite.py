@@ -178,7 +178,7 @@ class Candidate:
     note: str = ""
 
 
-def candidates_for(stem, config, device, with_compile, lr):
+def candidates_for(stem, config, device, with_compile, lr, compile_max_tensors=2000):
     cls = load_generated(stem)
     backend = "auto" if device.type == "cuda" else "torch"
     ours_name = "optdsl (Triton)" if device.type == "cuda" else "optdsl (reference)"
@@ -220,6 +220,11 @@ def candidates_for(stem, config, device, with_compile, lr):
         def build_compiled(params):
             # A tensor lr keeps a schedule from recompiling; foreach + tensor lr needs capturable
             # (CUDA). Fall back to what the device accepts.
+            if len(params) > compile_max_tensors:
+                raise RuntimeError(f"skipped: {len(params)} tensors > --compile-max-tensors {compile_max_tensors}")
+            # Every case builds a new `step` with the same code object: without a reset, dynamo
+            # would hit its recompile limit after a few cases and silently run them eagerly.
+            torch._dynamo.reset()
             last = None
             options = ({"foreach": True}, {"foreach": False})
             if device.type == "cuda":
@@ -321,11 +326,12 @@ def widen_state(opt, params, dtype):
 
 
 def make_params(numels, dtype, device, seed=0):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     params = []
     for n in numels:
-        p = torch.nn.Parameter(torch.randn(n, generator=gen).to(device=device, dtype=dtype))
-        p.grad = torch.randn(n, generator=gen).to(device=device, dtype=dtype) * 1e-2
+        p = torch.nn.Parameter(torch.randn(n, generator=gen, device=device, dtype=torch.float32).to(dtype))
+        grad = torch.randn(n, generator=gen, device=device, dtype=torch.float32).mul_(1e-2)
+        p.grad = grad.to(dtype)
         params.append(p)
     return params
 
@@ -511,7 +517,7 @@ def versions():
 
 def run_suite(specs, sizes=("1M", "10M", "100M", "1B"), shapes=tuple(SHAPES), dtypes=tuple(DTYPES), repeats=20,
               warmup=3, compile=None, device=None, lr=1e-3, copy_mib=None, memory_fraction=0.6, threads=None,
-              log=print):
+              compile_max_tensors=2000, log=print):
     """Run the benchmark; returns the result dict (see `write_outputs`). `specs`: 'adamw' or 'sgd:momentum=0.9'.
 
     `threads`: torch.set_num_threads for the run (CPU); None keeps torch's default.
@@ -522,13 +528,13 @@ def run_suite(specs, sizes=("1M", "10M", "100M", "1B"), shapes=tuple(SHAPES), dt
         torch.set_num_threads(threads)
     try:
         return _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, lr, copy_mib,
-                          memory_fraction, default_threads, log)
+                          memory_fraction, default_threads, compile_max_tensors, log)
     finally:
         torch.set_num_threads(default_threads)
 
 
 def _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, lr, copy_mib, memory_fraction,
-               default_threads, log):
+               default_threads, compile_max_tensors, log):
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     if compile is None:
         compile = device.type == "cuda"
@@ -546,7 +552,7 @@ def _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, l
     results = []
     for text in specs:
         stem, config = parse_spec(text)
-        cls, candidates = candidates_for(stem, config, device, compile, lr)
+        cls, candidates = candidates_for(stem, config, device, compile, lr, compile_max_tensors)
         for dtype in dtypes:
             probes = probe(candidates, dtype, device, warmup)
             for shape in shapes:
@@ -585,7 +591,8 @@ def _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, l
         "device": device_info(device),
         "versions": versions(),
         "settings": {"sizes": sizes, "shapes": {s: SHAPES[s] for s in shapes}, "dtypes": list(dtypes),
-                     "repeats": repeats, "warmup": warmup, "compile": compile, "lr": lr, "statistic": "median",
+                     "repeats": repeats, "warmup": warmup, "compile": compile,
+                     "compile_max_tensors": compile_max_tensors, "lr": lr, "statistic": "median",
                      "memory_fraction": memory_fraction, "torch_threads": torch.get_num_threads(),
                      "torch_default_threads": default_threads, "load_average_at_start": load_start,
                      "bytes": "param read+write, grad read, every param-shaped state tensor read+write, at their dtypes",
@@ -720,6 +727,8 @@ def add_arguments(parser):
     group.add_argument("--compile", dest="compile", action="store_true", default=None,
                        help="include torch.compile(opt.step) (default on CUDA only)")
     group.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--compile-max-tensors", type=int, default=2000,
+                        help="skip torch.compile on lists longer than this (compile time grows with the list)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer (default 1024 CUDA, 256 CPU)")
@@ -735,7 +744,7 @@ def run_from_args(args):
     result = run_suite(args.specs, sizes=args.sizes, shapes=args.shapes, dtypes=args.dtypes, repeats=args.repeats,
                        warmup=args.warmup, compile=args.compile, device=args.device, lr=args.lr,
                        copy_mib=args.copy_mib, memory_fraction=args.memory_fraction,
-                       threads=args.threads)
+                       threads=args.threads, compile_max_tensors=args.compile_max_tensors)
     write_outputs(result, args.out, args.name)
     return 0
 
