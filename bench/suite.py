@@ -17,7 +17,8 @@ machine slows all of them alike) when memory allows, else one after the other. G
 once, untimed; `--warmup` untimed steps come first (the first creates the state). CUDA steps are
 timed with CUDA events after a synchronize, CPU steps with `time.perf_counter`.
 
-Reported per candidate: median and min step time over `--repeats` steps; the minimum bytes one step
+Reported per candidate: median and min step time over `--repeats` steps (on CPU also the process
+CPU time per step, which a machine shared with other jobs inflates less); the minimum bytes one step
 must move, from the candidate's own state after warmup (param read + written, grad read, every
 state tensor shaped like its param read + written, each at its dtype); effective bandwidth = those
 bytes / median time; and its percentage of the copy bandwidth measured in the same run
@@ -270,8 +271,24 @@ def timed(fn, device):
         end.synchronize()
         return start.elapsed_time(end) / 1e3
     start = time.perf_counter()
+    cpu = time.process_time()
     fn()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    _CPU_SECONDS[0] += time.process_time() - cpu
+    return elapsed
+
+
+# CPU seconds (all threads of this process) spent in timed calls since the last reset: unlike wall
+# time it does not grow while the process waits for a core on a shared machine. The kernel
+# charges it in scheduler ticks, so only sums over many calls mean anything.
+_CPU_SECONDS = [0.0]
+
+
+def timed_cpu(fn, device):
+    """(wall seconds, process CPU seconds) of one call; CPU seconds are None on CUDA."""
+    before = _CPU_SECONDS[0]
+    wall = timed(fn, device)
+    return wall, (None if device.type == "cuda" else _CPU_SECONDS[0] - before)
 
 
 def available_bytes(device):
@@ -346,7 +363,7 @@ def prepare(candidate, params, state_dtype, warmup):
         widen_state(opt, params, state_dtype)
         try:
             step()
-        except (RuntimeError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - dtype mismatch errors come as several types
             note = f"cannot step with {state_dtype} state ({str(exc).splitlines()[0][:120]}); kept its own"
             with torch.no_grad():
                 for p, s in zip(params, snapshot):
@@ -384,7 +401,6 @@ def run_case(candidates, numels, dtype_name, device, repeats, warmup, probes, bu
     schedule = "interleaved" if interleaved <= budget else "sequential"
 
     params = make_params(numels, param_dtype, device)
-    steps = {}
 
     def start(c):
         try:
@@ -400,12 +416,15 @@ def run_case(candidates, numels, dtype_name, device, repeats, warmup, probes, bu
             rows[c.name]["flags"] = {k: v for k, v in opt._bench_flags.items()}
         return opt, step
 
-    def finish(c, times):
+    def finish(c, measured):
+        times = [wall for wall, _ in measured]
         median = statistics.median(times)
         row = rows[c.name]
         row.update(repeats=len(times), median_s=median, min_s=min(times), times_s=times,
                    bandwidth_gbps=row["min_bytes"] / median / 1e9)
         row["pct_copy_bandwidth"] = 100 * row["bandwidth_gbps"] / copy_gbps
+        if device.type == "cpu":
+            row["cpu_s_per_step"] = sum(cpu for _, cpu in measured) / len(measured)
 
     if schedule == "interleaved":
         running = {}
@@ -418,7 +437,7 @@ def run_case(candidates, numels, dtype_name, device, repeats, warmup, probes, bu
         for _ in range(repeats):
             for c in live:
                 if c.name in running:
-                    times[c.name].append(timed(running[c.name][1], device))
+                    times[c.name].append(timed_cpu(running[c.name][1], device))
         for c in live:
             if c.name in running:
                 finish(c, times[c.name])
@@ -428,7 +447,7 @@ def run_case(candidates, numels, dtype_name, device, repeats, warmup, probes, bu
             made = start(c)
             if made:
                 synchronize(device)
-                finish(c, [timed(made[1], device) for _ in range(repeats)])
+                finish(c, [timed_cpu(made[1], device) for _ in range(repeats)])
             del made
             gc.collect()
             if device.type == "cuda":
@@ -631,20 +650,30 @@ def markdown(result):
         "(param r+w, grad r, each state r+w) / median. `optdsl/this` = optdsl median / this median "
         "(< 1: optdsl faster).",
         "",
-        "| optimizer | shape | dtype | params | tensors | implementation | median ms | min ms | B/param | GB/s | % copy | optdsl/this |",
-        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    cpu = dev["type"] == "cpu"
+    if cpu:
+        lines[-1] += (" `CPU ms` = process CPU time per step (all threads; it does not count time spent waiting for a "
+                      "core on a shared machine; charged in scheduler ticks, so only its mean over the steps is given).")
+    lines += [
+        "",
+        "| optimizer | shape | dtype | params | tensors | implementation | median ms | min ms |" + (" CPU ms |" if cpu else "")
+        + " B/param | GB/s | % copy | optdsl/this |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: |" + (" ---: |" if cpu else "") + " ---: | ---: | ---: | ---: |",
+    ]
+    pad = "| | | | | | |" + (" |" if cpu else "")
     for entry in result["results"]:
         head = f"| {entry['spec']} | {entry['shape']} | {entry['dtype']} | {_fmt_size(entry['size'])} | {entry['tensors']} "
         if entry["status"] != "ok":
-            lines.append(head + f"| skipped: {entry['reason']} | | | | | | |")
+            lines.append(head + f"| skipped: {entry['reason']} " + pad)
             continue
         for row in entry["candidates"]:
             if row.get("status") != "ok":
-                lines.append(head + f"| {row['name']}: {row.get('status')} ({row.get('reason', '')[:60]}) | | | | | | |")
+                lines.append(head + f"| {row['name']}: {row.get('status')} ({row.get('reason', '')[:60]}) " + pad)
                 continue
             note = " (state " + "/".join(row["state_dtypes"]) + ")" if entry["dtype"] != "fp32" else ""
-            lines.append(head + f"| {row['name']}{note} | {row['median_s'] * 1e3:.3f} | {row['min_s'] * 1e3:.3f} | "
+            cpu_cell = (f"{row['cpu_s_per_step'] * 1e3:.3f} | " if "cpu_s_per_step" in row else "- | ") if cpu else ""
+            lines.append(head + f"| {row['name']}{note} | {row['median_s'] * 1e3:.3f} | {row['min_s'] * 1e3:.3f} | {cpu_cell}"
                          f"{row['bytes_per_param']:.1f} | {row['bandwidth_gbps']:.1f} | {row['pct_copy_bandwidth']:.1f} | "
                          f"{row['optdsl_time_ratio']:.2f} |")
     return "\n".join(lines) + "\n"

@@ -54,6 +54,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
             for key in ("median_s", "min_s", "bandwidth_gbps", "pct_copy_bandwidth", "bytes_per_param",
                         "optdsl_time_ratio"):
                 assert _positive(row[key]), (kind, key, row[key])
+            assert math.isfinite(row["cpu_s_per_step"]) and row["cpu_s_per_step"] >= 0
         ours = kinds["optdsl"]
         # fp32: param 4+4, grad 4, two states (adamw) or a momentum buffer (sgd) at 4+4 each.
         expected = {("adamw", "fp32"): 28, ("sgd", "fp32"): 20, ("adamw", "bf16"): 22, ("sgd", "bf16"): 14}

@@ -108,21 +108,27 @@ def main():
                     for _ in range(3):
                         step(opt)
                 times = {mode: [] for mode in MODES}
+                cpu = {mode: 0.0 for mode in MODES}  # process CPU seconds: not inflated by waiting for a core
                 for _ in range(args.repeats):
                     for mode, opt in opts.items():
-                        start = time.perf_counter()
+                        start, start_cpu = time.perf_counter(), time.process_time()
                         step(opt)
                         times[mode].append(time.perf_counter() - start)
+                        cpu[mode] += time.process_time() - start_cpu
                 base = statistics.median(times["torch for-loop"])
+                base_cpu = cpu["torch for-loop"]
                 for mode in MODES:
                     median = statistics.median(times[mode])
                     rows.append({"optimizer": name, "config": label, "hyperparameters": config, "shape": shape,
                                  "tensors": len(numels), "numel": args.numel, "implementation": mode,
                                  "median_ms": median * 1e3, "min_ms": min(times[mode]) * 1e3,
                                  "ratio_to_torch_for_loop": median / base,
+                                 "cpu_ms_per_step": cpu[mode] / args.repeats * 1e3,
+                                 "cpu_ratio_to_torch_for_loop": cpu[mode] / base_cpu if base_cpu else None,
                                  "prototype_max_rel_diff_vs_torch_5_steps": error if mode.startswith("prototype") else None})
                     print(f"{label:46s} {shape:8s} {mode:18s} median {median * 1e3:7.2f} ms  min {min(times[mode]) * 1e3:7.2f} ms"
-                          f"  / torch for-loop {median / base:5.2f}", flush=True)
+                          f"  / torch for-loop {median / base:5.2f}  CPU {cpu[mode] / args.repeats * 1e3:7.2f} ms"
+                          f" / torch {cpu[mode] / base_cpu if base_cpu else float('nan'):5.2f}", flush=True)
                 del opts, params
             print(f"{label}: prototype vs torch.optim, max relative difference over 5 steps: {error:.1e}", flush=True)
     result = {"what": "CPU step time: generated reference vs hand-edited in-place prototype vs torch.optim, "
