@@ -536,10 +536,12 @@ def versions():
 
 def run_suite(specs, sizes=("1M", "10M", "100M", "1B"), shapes=tuple(SHAPES), dtypes=tuple(DTYPES), repeats=20,
               warmup=3, compile=None, device=None, lr=1e-3, copy_mib=None, memory_fraction=0.6, threads=None,
-              compile_max_tensors=2000, log=print):
+              compile_max_tensors=2000, log=print, progress=None):
     """Run the benchmark; returns the result dict (see `write_outputs`). `specs`: 'adamw' or 'sgd:momentum=0.9'.
 
-    `threads`: torch.set_num_threads for the run (CPU); None keeps torch's default.
+    `threads`: torch.set_num_threads for the run (CPU); None keeps torch's default. `progress`, when
+    given, is called with the result so far (`"complete": false`) after every case, so a run cut
+    short by a time limit still leaves what it measured.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     default_threads = torch.get_num_threads()
@@ -547,13 +549,13 @@ def run_suite(specs, sizes=("1M", "10M", "100M", "1B"), shapes=tuple(SHAPES), dt
         torch.set_num_threads(threads)
     try:
         return _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, lr, copy_mib,
-                          memory_fraction, default_threads, compile_max_tensors, log)
+                          memory_fraction, default_threads, compile_max_tensors, log, progress)
     finally:
         torch.set_num_threads(default_threads)
 
 
 def _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, lr, copy_mib, memory_fraction,
-               default_threads, compile_max_tensors, log):
+               default_threads, compile_max_tensors, log, progress):
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     if compile is None:
         compile = device.type == "cuda"
@@ -569,6 +571,23 @@ def _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, l
     copy = copy_bandwidth(device, copy_mib << 20, max(repeats, 5))
     log(f"copy bandwidth ({copy_mib} MiB): {copy['bandwidth_gbps']:.1f} GB/s")
     results = []
+    result = {
+        "schema": SCHEMA,
+        "complete": False,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": " ".join(sys.argv),
+        "device": device_info(device),
+        "versions": versions(),
+        "settings": {"sizes": sizes, "shapes": {s: SHAPES[s] for s in shapes}, "dtypes": list(dtypes),
+                     "repeats": repeats, "warmup": warmup, "compile": compile,
+                     "compile_max_tensors": compile_max_tensors, "lr": lr, "statistic": "median",
+                     "memory_fraction": memory_fraction, "torch_threads": torch.get_num_threads(),
+                     "torch_default_threads": default_threads, "load_average_at_start": load_start,
+                     "bytes": "param read+write, grad read, every param-shaped state tensor read+write, at their dtypes",
+                     "bandwidth": "min bytes / median step time (GB/s = 1e9 B/s)"},
+        "copy": copy,
+        "results": results,
+    }
     for text in specs:
         stem, config = parse_spec(text)
         cls, candidates = candidates_for(stem, config, device, compile, lr, compile_max_tensors)
@@ -603,22 +622,13 @@ def _run_suite(specs, sizes, shapes, dtypes, repeats, warmup, compile, device, l
                                 log(f"{text:14s} {shape:9s} {dtype} {numel:>13,d}  {row['name']:48s} "
                                     f"{row.get('status')}: {row.get('reason', '')[:80]}")
                     results.append(entry)
-    return {
-        "schema": SCHEMA,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": " ".join(sys.argv),
-        "device": device_info(device),
-        "versions": versions(),
-        "settings": {"sizes": sizes, "shapes": {s: SHAPES[s] for s in shapes}, "dtypes": list(dtypes),
-                     "repeats": repeats, "warmup": warmup, "compile": compile,
-                     "compile_max_tensors": compile_max_tensors, "lr": lr, "statistic": "median",
-                     "memory_fraction": memory_fraction, "torch_threads": torch.get_num_threads(),
-                     "torch_default_threads": default_threads, "load_average_at_start": load_start,
-                     "bytes": "param read+write, grad read, every param-shaped state tensor read+write, at their dtypes",
-                     "bandwidth": "min bytes / median step time (GB/s = 1e9 B/s)"},
-        "copy": copy,
-        "results": results,
-    }
+                    if progress is not None:
+                        progress(result)
+    result["complete"] = True
+    result["date_end"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    if hasattr(os, "getloadavg"):
+        result["settings"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,6 +650,7 @@ def markdown(result):
     lines = [
         f"# optdsl bench: {dev['name']}",
         "",
+        *([] if result.get("complete", True) else ["**Incomplete: the run stopped before its last case.**", ""]),
         f"{result['date']}; torch {v['torch']}, triton {v.get('triton')}, python {v['python']}; "
         f"{dev['cpu_count']} CPUs, {dev['torch_threads']} torch threads.",
         f"Command: `{result['command']}`",
@@ -680,7 +691,8 @@ def markdown(result):
 
 
 def plot(result, path):
-    """Bandwidth vs size, one panel per (optimizer, shape); returns False when matplotlib is missing."""
+    """Bandwidth vs size, one panel per (optimizer, shape), a colour per implementation, dashed for
+    bf16; returns False when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -688,7 +700,7 @@ def plot(result, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    panels = sorted({(e["spec"], e["shape"]) for e in result["results"]}, key=str)
+    panels = list(dict.fromkeys((e["spec"], e["shape"]) for e in result["results"]))
     cols = min(3, len(panels)) or 1
     rows = math.ceil(len(panels) / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
@@ -700,9 +712,10 @@ def plot(result, path):
             for row in e["candidates"]:
                 if row.get("status") == "ok":
                     series.setdefault((row["name"], e["dtype"]), []).append((e["size"], row["bandwidth_gbps"]))
+        names = list(dict.fromkeys(name for name, _ in series))
         for (name, dtype), points in sorted(series.items()):
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=f"C{names.index(name) % 10}",
                     linestyle="-" if dtype == "fp32" else "--", label=f"{name} {dtype}")
         ax.axhline(result["copy"]["bandwidth_gbps"], color="gray", linestyle=":", label="copy bandwidth")
         ax.set_xscale("log")
@@ -726,18 +739,19 @@ def default_name(result):
     return f"{tag}-{specs}"
 
 
-def write_outputs(result, out_dir, name=None, log=print):
+def write_outputs(result, out_dir, name=None, log=print, png=True):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or default_name(result)
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md"}
     paths["json"].write_text(json.dumps(result, indent=1) + "\n")
     paths["md"].write_text(markdown(result))
-    png = out_dir / f"{name}.png"
-    if plot(result, png):
-        paths["png"] = png
-    else:
-        log("matplotlib is not installed: no PNG plot (pip install -e '.[bench]')")
+    if png:
+        png_path = out_dir / f"{name}.png"
+        if plot(result, png_path):
+            paths["png"] = png_path
+        else:
+            log("matplotlib is not installed: no PNG plot (pip install -e '.[bench]')")
     for path in paths.values():
         log(f"wrote {path}")
     return paths
@@ -770,10 +784,13 @@ def add_arguments(parser):
 
 
 def run_from_args(args):
+    def progress(partial):  # JSON + markdown after every case: a run cut short keeps what it measured
+        write_outputs(partial, args.out, args.name or default_name(partial), log=lambda *a: None, png=False)
+
     result = run_suite(args.specs, sizes=args.sizes, shapes=args.shapes, dtypes=args.dtypes, repeats=args.repeats,
                        warmup=args.warmup, compile=args.compile, device=args.device, lr=args.lr,
                        copy_mib=args.copy_mib, memory_fraction=args.memory_fraction,
-                       threads=args.threads, compile_max_tensors=args.compile_max_tensors)
+                       threads=args.threads, compile_max_tensors=args.compile_max_tensors, progress=progress)
     write_outputs(result, args.out, args.name)
     return 0
 

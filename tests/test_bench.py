@@ -34,7 +34,7 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
     assert status == 0
     result = json.loads((tmp_path / "tiny.json").read_text())
     assert (tmp_path / "tiny.md").read_text().startswith("# optdsl bench")
-    assert result["schema"] == suite.SCHEMA
+    assert result["schema"] == suite.SCHEMA and result["complete"] is True
     for key in ("type", "name", "cpu_count", "torch_threads"):
         assert key in result["device"]
     for key in ("torch", "triton", "python"):
