@@ -33,7 +33,8 @@ OPTIMIZERS = {
     }),
     "adamw": (torch.optim.AdamW, generated_adamw.AdamW, adamw_inplace, {"AdamW": {}}),
 }
-MODES = ["torch for-loop", "torch foreach", "generated", "prototype inplace"]
+MODES = ["torch for-loop", "torch foreach", "generated", "prototype inplace", "prototype inplace 256K"]
+CHUNKS = {"prototype inplace": 1 << 16, "prototype inplace 256K": 1 << 18}  # CPU_CHUNK: generated's 64K, or 256K
 
 
 def make(name, mode):
@@ -47,7 +48,7 @@ def make(name, mode):
         if mode == "generated":
             return generated_cls(params, backend="torch", **kw)
         opt = getattr(prototype, generated_cls.__name__)(params, backend="torch", **kw)
-        opt._prototype = (prototype, mode.split()[-1])
+        opt._prototype = (prototype, "inplace", CHUNKS[mode])
         return opt
     return build
 
@@ -55,7 +56,7 @@ def make(name, mode):
 def step(opt):
     prototype = getattr(opt, "_prototype", None)
     if prototype is not None:
-        prototype[0].MODE = prototype[1]
+        prototype[0].MODE, prototype[0].CPU_CHUNK = prototype[1:]
     opt.step()
 
 
@@ -68,6 +69,7 @@ def check(name, config):
     for p in ps_a + ps_b:
         p.requires_grad_()
     ours, theirs = make(name, "prototype inplace")(ps_a, **config), make(name, "torch for-loop")(ps_b, **config)
+    ours._prototype = (ours._prototype[0], "inplace", 1 << 16)
     worst = 0.0
     for _ in range(5):
         for a, b in zip(ps_a, ps_b):
@@ -125,8 +127,9 @@ def main():
                                  "ratio_to_torch_for_loop": median / base,
                                  "cpu_ms_per_step": cpu[mode] / args.repeats * 1e3,
                                  "cpu_ratio_to_torch_for_loop": cpu[mode] / base_cpu if base_cpu else None,
+                                 "cpu_chunk": CHUNKS.get(mode, 1 << 16) if mode != "torch for-loop" and mode != "torch foreach" else None,
                                  "prototype_max_rel_diff_vs_torch_5_steps": error if mode.startswith("prototype") else None})
-                    print(f"{label:46s} {shape:8s} {mode:18s} median {median * 1e3:7.2f} ms  min {min(times[mode]) * 1e3:7.2f} ms"
+                    print(f"{label:46s} {shape:8s} {mode:22s} median {median * 1e3:7.2f} ms  min {min(times[mode]) * 1e3:7.2f} ms"
                           f"  / torch for-loop {median / base:5.2f}  CPU {cpu[mode] / args.repeats * 1e3:7.2f} ms"
                           f" / torch {cpu[mode] / base_cpu if base_cpu else float('nan'):5.2f}", flush=True)
                 del opts, params
