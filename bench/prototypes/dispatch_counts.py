@@ -1,11 +1,13 @@
-"""ATen dispatch counts of one optimizer step (torch.profiler): torch.optim's for-loop vs the generated
-CPU reference vs the in-place prototype. Counts, unlike times, do not depend on machine load. Writes JSON.
+"""ATen dispatch counts of one optimizer step (torch.profiler) and minor page faults per step
+(getrusage, mean of 3 steps): torch.optim's for-loop vs the generated CPU reference vs the in-place
+prototype. Counts, unlike times, do not depend on machine load. Writes JSON.
 
     PYTHONPATH=. python bench/prototypes/dispatch_counts.py [--numel 10000000]
 """
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -40,10 +42,14 @@ def counts(make, shape, numel):
     opt = make(params)
     opt.step()
     opt.step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(3):
+        opt.step()
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 3
     with profile() as prof:
         opt.step()
     ops = {e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::") and e.key not in IGNORED}
-    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+    return dict(sorted(ops.items(), key=lambda kv: -kv[1])), faults
 
 
 def main():
@@ -59,10 +65,11 @@ def main():
             for impl, make in (("torch for-loop", lambda ps: torch_cls(ps, foreach=False, **config)),
                                ("generated", lambda ps: generated_cls(ps, backend="torch", **config)),
                                ("prototype inplace", lambda ps: prototype_cls(ps, backend="torch", **config))):
-                ops = counts(make, shape, args.numel)
+                ops, faults = counts(make, shape, args.numel)
                 rows.append({"rule": label, "shape": shape, "numel": args.numel, "implementation": impl,
-                             "dispatches": sum(ops.values()), "by_op": ops})
-                print(f"{label:18s} {shape:9s} {impl:18s} {sum(ops.values()):6d}  {ops}", flush=True)
+                             "dispatches": sum(ops.values()), "minor_page_faults_per_step": faults, "by_op": ops})
+                print(f"{label:18s} {shape:9s} {impl:18s} {sum(ops.values()):6d} ops  {faults:8.0f} page faults"
+                      f"  {ops}", flush=True)
     result = {"what": "ATen ops dispatched by one step (torch.profiler counts; views, dtype no-ops and scalar "
                       "reads left out; aten::copy_ includes wrapping Python-float operands into tensors)",
               "device": "cpu", "threads": 1, "versions": versions(), "command": " ".join(sys.argv),
