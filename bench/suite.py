@@ -54,7 +54,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -205,7 +205,8 @@ def candidates_for(stem, config, device, with_compile, lr, compile_max_tensors=2
 
             def step():
                 if max_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=flags.get("foreach") or flags.get("fused"))
+                    torch.nn.utils.clip_grad_norm_(params, max_norm,
+                                                   foreach=bool(flags.get("foreach") or flags.get("fused")))
                 opt.step()
 
             return opt, (torch.compile(step) if compiled else step)
@@ -240,7 +241,7 @@ def candidates_for(stem, config, device, with_compile, lr, compile_max_tensors=2
 
                 def step(opt=opt):
                     if max_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=flags.get("foreach"))
+                        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=bool(flags.get("foreach")))
                     opt.step()
 
                 opt._bench_flags = flags
