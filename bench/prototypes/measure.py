@@ -19,9 +19,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import generated.adam as generated_adam  # noqa: E402
 import generated.adamw as generated_adamw  # noqa: E402
 import generated.sgd as generated_sgd  # noqa: E402
-from prototypes import adamw_inplace, sgd_inplace  # noqa: E402
+from prototypes import adam_inplace, adamw_inplace, sgd_inplace  # noqa: E402
 from suite import device_info, shape_numels, versions  # noqa: E402
 
 OPTIMIZERS = {
@@ -30,6 +31,10 @@ OPTIMIZERS = {
         "SGD momentum 0.9": {"lr": 1e-3, "momentum": 0.9},
         "SGD momentum 0.9, weight_decay 1e-4, nesterov": {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4,
                                                           "nesterov": True},
+    }),
+    "adam": (torch.optim.Adam, generated_adam.Adam, adam_inplace, {
+        "Adam": {},
+        "Adam weight_decay 1e-2 (L2)": {"weight_decay": 1e-2},
     }),
     "adamw": (torch.optim.AdamW, generated_adamw.AdamW, adamw_inplace, {"AdamW": {}}),
 }
