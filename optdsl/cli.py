@@ -1,4 +1,4 @@
-"""Command line: `optdsl compile|check|verify SPEC...` and `optdsl --version`."""
+"""Command line: `optdsl compile|check|verify|bench SPEC...` and `optdsl --version`."""
 
 from __future__ import annotations
 
@@ -110,7 +110,44 @@ def _verify(args) -> int:
     return status
 
 
+def _bench_module():
+    """bench/suite.py of the checkout this package lives in (or of the current folder)."""
+    import importlib.util
+
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        path = root / "bench" / "suite.py"
+        if path.exists():
+            spec = importlib.util.spec_from_file_location("optdsl_bench_suite", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up while executing it
+            spec.loader.exec_module(module)
+            return module
+    return None
+
+
+def _bench(args) -> int:
+    return _bench_main(args.bench_args)
+
+
+def _bench_main(argv) -> int:
+    module = _bench_module()
+    if module is None:
+        print("error: optdsl bench needs bench/suite.py from a source checkout (run it from the repository root)",
+              file=sys.stderr)
+        return 2
+    # The suite (and torch) load only for this command; it parses its own arguments.
+    parser = argparse.ArgumentParser(prog="optdsl bench", description=module.__doc__.split("\n\n")[0])
+    module.add_arguments(parser)
+    return module.run_from_args(parser.parse_args(argv))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its options (--help included) belong to bench/suite.py
+        try:
+            return _bench_main(argv[1:])
+        except KeyboardInterrupt:
+            return 130
     parser = argparse.ArgumentParser(prog="optdsl", description="Compile optimizer specs to Triton + PyTorch.")
     parser.add_argument("--version", action="version", version=f"optdsl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +168,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smaller matrix (CI)")
     p.set_defaults(run=_verify)
+
+    p = commands.add_parser("bench", add_help=False, help="time a generated optimizer against torch.optim "
+                            "(JSON, markdown, PNG); `optdsl bench --help` for options")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)
     try:
