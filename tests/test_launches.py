@@ -85,3 +85,38 @@ def test_launches_per_step(record):
         levels = max(s.level for staged in plan.staged for s in staged.reductions)
         kernels, _, _ = _step_counts(record, ((block // 16 + 1, 16),))  # 2-D: rules reduce when ndim > 1
         assert kernels == levels + 1, f"{record.spec}: {kernels} kernels for one tensor over BLOCK_SIZE"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the host-sync check runs on a GPU")
+def test_staged_steps_never_sync_with_the_host_on_cuda():
+    """Reduced values, the loss and global totals stay on the device: for every spec with
+    reductions, a step (after the one that creates the state) runs under
+    torch.cuda.set_sync_debug_mode("error") without raising."""
+    staged = [r for r in ALL_RECORDS if _reductions(r)[1].lowered.staged]
+    assert len(staged) >= 16
+    for record in staged:
+        params = make_params(SMALL + ((70, 40),), torch.float32, device="cuda")
+        opt = record.generated(params, **record.configs[-1])
+        for step in (1, 2, 3):
+            kwargs = {}
+            if record.loss_fn is not None:
+                for p in params:
+                    p.grad = None
+                with torch.enable_grad():
+                    loss = record.loss_fn(params, step, 0)
+                    loss.backward()
+                kwargs["loss"] = loss.detach()
+            else:
+                for p, g in zip(params, make_grads(params, step)):
+                    p.grad = g
+            torch.cuda.synchronize()
+            if step == 1:
+                opt.step(**kwargs)
+                continue
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                opt.step(**kwargs)
+            except RuntimeError as exc:
+                raise AssertionError(f"{record.spec}: {exc}") from exc
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
