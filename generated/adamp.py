@@ -36,7 +36,7 @@ def _jit(fn):
 
 
 BLOCK_SIZE = 1024
-CPU_CHUNK = 1 << 16  # elements per reference call on large tensors
+CPU_CHUNK = 1 << 18  # elements per reference call on large tensors
 
 # IEEE-style host math: inf/nan where `math` would raise, as the kernels and torch behave.
 def _cosine(x, y, eps, over, h):

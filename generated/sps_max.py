@@ -32,7 +32,7 @@ def _jit(fn):
 
 
 BLOCK_SIZE = 1024
-CPU_CHUNK = 1 << 16  # elements per reference call on large tensors
+CPU_CHUNK = 1 << 18  # elements per reference call on large tensors
 
 
 # ---------------------------------------------------------------------------------------------
