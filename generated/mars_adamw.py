@@ -551,11 +551,9 @@ def _local(tensor):
 
 def _dtensor():
     """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
-    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
-        return None
-    from torch.distributed import tensor
-
-    return tensor
+    # The submodule is an attribute of torch.distributed once imported (a dict lookup per call:
+    # the reference path asks for every tensor).
+    return vars(torch.distributed).get("tensor") if torch.distributed.is_available() else None
 
 
 class MARSAdamW(torch.optim.Optimizer):

@@ -523,11 +523,9 @@ def _local(tensor):
 
 def _dtensor():
     """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
-    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
-        return None
-    from torch.distributed import tensor
-
-    return tensor
+    # The submodule is an attribute of torch.distributed once imported (a dict lookup per call:
+    # the reference path asks for every tensor).
+    return vars(torch.distributed).get("tensor") if torch.distributed.is_available() else None
 
 
 class SGD(torch.optim.Optimizer):
@@ -678,19 +676,18 @@ class SGD(torch.optim.Optimizer):
     def _update_reference(param, grad, tensors, writes, h):
         compute = torch.float64 if param.dtype == torch.float64 else torch.float32
         dense = [param, grad, *tensors.values()]
-        contiguous = all(t.is_contiguous() for t in dense)
         # float32/float64 contiguous tensors are updated in place; others (bfloat16, strided) are
         # converted to the compute dtype, updated, and copied back.
-        inplace = contiguous and all(t.dtype == compute for t in dense)
+        if all(t.dtype == compute and t.is_contiguous() for t in dense):
+            contiguous, step = True, _reference_inplace
+        else:
+            contiguous = all(t.is_contiguous() for t in dense)
 
-        def step(param, grad, tensors):
-            if inplace:
-                _reference_inplace(param, grad, tensors, h)
-                return
-            _reference_into(dict(tensors, param=param), grad, writes, h, compute)
+            def step(param, grad, tensors, h):
+                _reference_into(dict(tensors, param=param), grad, writes, h, compute)
 
         if param.numel() <= CPU_CHUNK or not contiguous:
-            step(param, grad, tensors)
+            step(param, grad, tensors, h)
             return
         # The rule is elementwise, so it can run chunk by chunk: temporaries stay small and in
         # cache instead of allocating (and page-faulting) whole-tensor buffers for every op.
@@ -698,7 +695,7 @@ class SGD(torch.optim.Optimizer):
         flat_param, flat_grad = param.view(-1), grad.view(-1)
         for start in range(0, param.numel(), CPU_CHUNK):
             chunk = slice(start, start + CPU_CHUNK)
-            step(flat_param[chunk], flat_grad[chunk], {name: t[chunk] for name, t in flat.items()})
+            step(flat_param[chunk], flat_grad[chunk], {name: t[chunk] for name, t in flat.items()}, h)
 
     def _new_state(self, name, param, h):
         value = _init_state(name, param, h)
