@@ -814,6 +814,8 @@ def _real(tensor):
 def _local(tensor):
     """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
     update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
+    if type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter:  # no DTensor: no lookup
+        return tensor
     dtensor = _dtensor()
     return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
 
