@@ -36,7 +36,7 @@ def _jit(fn):
 
 
 BLOCK_SIZE = 1024
-CPU_CHUNK = 1 << 16  # elements per reference call on large tensors
+CPU_CHUNK = 1 << 18  # elements per reference call on large tensors
 
 # IEEE-style host math: inf/nan where `math` would raise, as the kernels and torch behave.
 def _pow(x, y):
@@ -545,17 +545,17 @@ def _real(tensor):
 def _local(tensor):
     """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
     update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
+    if type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter:  # no DTensor: no lookup
+        return tensor
     dtensor = _dtensor()
     return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
 
 
 def _dtensor():
     """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
-    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
-        return None
-    from torch.distributed import tensor
-
-    return tensor
+    # The submodule is an attribute of torch.distributed once imported (a dict lookup per call:
+    # the reference path asks for every tensor).
+    return vars(torch.distributed).get("tensor") if torch.distributed.is_available() else None
 
 
 class MARSAdamW(torch.optim.Optimizer):

@@ -30,7 +30,7 @@ def _jit(fn):
 
 
 BLOCK_SIZE = 1024
-CPU_CHUNK = 1 << 16  # elements per reference call on large tensors
+CPU_CHUNK = 1 << 18  # elements per reference call on large tensors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,6 +66,38 @@ def _reference(param, grad, state, h):
     else:
         param = param - lr * g / avg
     return {"param": param, "square_avg": square_avg, "momentum_buffer": momentum_buffer, "grad_avg": grad_avg}
+
+
+def _reference_inplace(param, grad, state, h):
+    """The same step written into `param` and `state` in place: each assignment to the parameter
+    or a state updates that tensor (in-place torch ops, host scalars fused as `alpha=` / `value=`),
+    and a term scaled by a hyperparameter that defaults to 0 is skipped while it is 0, as in
+    torch.optim. For contiguous tensors already in the compute dtype.
+    """
+    lr = h["lr"]
+    alpha = h["alpha"]
+    eps = h["eps"]
+    weight_decay = h["weight_decay"]
+    momentum = h["momentum"]
+    centered = h["centered"]
+    maximize = h["maximize"]
+    square_avg = state.get("square_avg")
+    momentum_buffer = state.get("momentum_buffer")
+    grad_avg = state.get("grad_avg")
+    g = (-grad if maximize else grad)
+    if weight_decay != 0:
+        g = torch.add(g, param, alpha=weight_decay)
+    square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+    if centered:
+        grad_avg.lerp_(g, 1 - alpha)
+        avg = torch.sqrt(square_avg - grad_avg ** 2) + eps
+    else:
+        avg = torch.sqrt(square_avg) + eps
+    if momentum > 0:
+        momentum_buffer.mul_(momentum).addcdiv_(g, avg)
+        param.sub_(momentum_buffer, alpha=lr)
+    else:
+        param.addcdiv_(g, avg, value=-lr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,17 +528,17 @@ def _validate_engine_options(capturable, master_weights, state_dtype):
 def _local(tensor):
     """The rank's own shard of a DTensor (FSDP2's parameters, their grads and states), which the
     update reads and writes in place; any other tensor as it is. Elementwise rules need no more."""
+    if type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter:  # no DTensor: no lookup
+        return tensor
     dtensor = _dtensor()
     return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
 
 
 def _dtensor():
     """torch.distributed.tensor when a DTensor can exist (once something imported it), else None."""
-    if not torch.distributed.is_available() or "tensor" not in vars(torch.distributed):
-        return None
-    from torch.distributed import tensor
-
-    return tensor
+    # The submodule is an attribute of torch.distributed once imported (a dict lookup per call:
+    # the reference path asks for every tensor).
+    return vars(torch.distributed).get("tensor") if torch.distributed.is_available() else None
 
 
 class RMSprop(torch.optim.Optimizer):
@@ -661,18 +693,27 @@ class RMSprop(torch.optim.Optimizer):
     @staticmethod
     def _update_reference(param, grad, tensors, writes, h):
         compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-        targets = dict(tensors, param=param)
         dense = [param, grad, *tensors.values()]
-        if param.numel() <= CPU_CHUNK or not all(t.is_contiguous() for t in dense):
-            _reference_into(targets, grad, writes, h, compute)
+        # float32/float64 contiguous tensors are updated in place; others (bfloat16, strided) are
+        # converted to the compute dtype, updated, and copied back.
+        if all(t.dtype == compute and t.is_contiguous() for t in dense):
+            contiguous, step = True, _reference_inplace
+        else:
+            contiguous = all(t.is_contiguous() for t in dense)
+
+            def step(param, grad, tensors, h):
+                _reference_into(dict(tensors, param=param), grad, writes, h, compute)
+
+        if param.numel() <= CPU_CHUNK or not contiguous:
+            step(param, grad, tensors, h)
             return
         # The rule is elementwise, so it can run chunk by chunk: temporaries stay small and in
         # cache instead of allocating (and page-faulting) whole-tensor buffers for every op.
-        flat = {name: t.view(-1) for name, t in targets.items()}
-        flat_grad = grad.view(-1)
+        flat = {name: t.view(-1) for name, t in tensors.items()}
+        flat_param, flat_grad = param.view(-1), grad.view(-1)
         for start in range(0, param.numel(), CPU_CHUNK):
             chunk = slice(start, start + CPU_CHUNK)
-            _reference_into({name: t[chunk] for name, t in flat.items()}, flat_grad[chunk], writes, h, compute)
+            step(flat_param[chunk], flat_grad[chunk], {name: t[chunk] for name, t in flat.items()}, h)
 
     def _new_state(self, name, param, h):
         value = _init_state(name, param, h)

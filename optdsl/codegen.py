@@ -17,6 +17,7 @@ from .ast import COL, ROW, UNIFORM
 from .checker import TENSOR_VALUES, CheckedSpec
 from .errors import SpecError
 from .plan import KernelPlan, Plan
+from .inplace import InplaceAssignments, alias_map
 from .printers import (HOST_HELPERS, HOST_HELPER_DEPENDENCIES, TRITON_HELPERS, HostPrinter, ReferencePrinter, ScalarPrinter,
                        TritonPrinter, float_literal)
 
@@ -166,6 +167,12 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
                               key=lambda n: _host_order(checked).index(n) if n in _host_order(checked) else 0)
 
     reference_lines = _reference_body(checked, ref_printer)
+    inplace_lines = None
+    element_targets = {"param", *(s for s, kind in checked.state_kinds.items() if kind == ELEMENT)}
+    if not plan.staged and set(checked.state_kinds.values()) <= {ELEMENT}:
+        may_hold = alias_map(checked, element_targets)
+        if may_hold is not None:
+            inplace_lines = _reference_body(checked, ref_printer, InplaceAssignments(checked, ref_printer, element_targets, may_hold))
     reference_inputs = [n for n in _host_order(checked) if re.search(rf"\b{n}\b", "\n".join(reference_lines))]
     device_inputs = ["loss"] + [str(r.symbol) for r in plan.global_reductions]
     reference_device_inputs = [n for n in device_inputs if re.search(rf"\b{n}\b", "\n".join(reference_lines))]
@@ -258,6 +265,8 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         conditions=conditions,
         condition_inputs=condition_inputs,
         reference_lines=reference_lines,
+        inplace_lines=inplace_lines,
+        inplace_inputs=[n for n in _host_order(checked) if inplace_lines and re.search(rf"\b{n}\b", "\n".join(inplace_lines))],
         reference_inputs=reference_inputs,
         reference_states=[s for s in checked.state_names if s not in checked.host_states],
         reference_device_inputs=reference_device_inputs,
@@ -402,10 +411,11 @@ def _default_literal(value) -> str:
     return float_literal(value)
 
 
-def _reference_body(checked: CheckedSpec, printer: ReferencePrinter) -> list[str]:
+def _reference_body(checked: CheckedSpec, printer: ReferencePrinter, inplace: InplaceAssignments | None = None) -> list[str]:
     """The update as Python statements. Every element-kind name holds a tensor: a state or `param`
     assigned a host value, and a local that is a host value on one path of an `if` but a tensor on
-    another, are broadcast with `torch.full_like(grad, ...)`."""
+    another, are broadcast with `torch.full_like(grad, ...)`. With `inplace`, assignments are
+    printed by it instead (`_reference_inplace`, see optdsl/inplace.py)."""
     tensors = {"param", *checked.state_names}
     state_kinds = checked.state_kinds
 
@@ -413,6 +423,10 @@ def _reference_body(checked: CheckedSpec, printer: ReferencePrinter) -> list[str
         indent = "    " * depth
         lines: list[str] = []
         for stmt in statements:
+            if isinstance(stmt, ast.Assign) and inplace is not None:
+                kinds[stmt.target] = ELEMENT if stmt.target in tensors else stmt.value.kind
+                lines += inplace.assign(stmt, indent)
+                continue
             if isinstance(stmt, ast.Assign):
                 value = printer.expr(stmt.value)
                 shape = state_kinds.get(stmt.target, ELEMENT)
