@@ -382,7 +382,20 @@ def free_port():
 
 
 def spawn(scenario, world, out, timeout=240, device="cpu"):
-    """Run `scenario` in `world` processes; the ranks' results, or an error after `timeout` s."""
+    """Run `scenario` in `world` processes; the ranks' results, or an error after `timeout` s.
+    A group whose processes die before any rank wrote a result (the rendezvous port taken between
+    free_port() and the bind, on a busy machine) is started once more on a new port."""
+    import torch.multiprocessing as mp
+
+    try:
+        return _spawn_once(scenario, world, out, timeout, device)
+    except mp.ProcessExitedException:
+        if any(Path(out, f"{scenario}.rank{r}.json").exists() for r in range(world)):
+            raise  # a rank got past setup: a real failure
+        return _spawn_once(scenario, world, out, timeout, device)
+
+
+def _spawn_once(scenario, world, out, timeout, device):
     import torch.multiprocessing as mp
 
     context = mp.start_processes(_entry, args=(world, free_port(), str(out), scenario, device), nprocs=world,
