@@ -232,18 +232,19 @@ class TritonPrinter(_Common):
     def _print_Abs(self, expr):
         return f"tl.abs({self._print(expr.args[0])})"
 
-    def _minmax(self, expr, fn):
+    def _chain(self, expr, combine):
+        """The printed arguments folded left to right: combine(so_far, next)."""
         args = [self._print(a) for a in expr.args]
         text = args[0]
         for arg in args[1:]:
-            text = f"{fn}({text}, {arg}, propagate_nan=tl.PropagateNan.ALL)"
+            text = combine(text, arg)
         return text
 
     def _print_Max(self, expr):
-        return self._minmax(expr, "tl.maximum")
+        return self._chain(expr, lambda a, b: f"tl.maximum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)")
 
     def _print_Min(self, expr):
-        return self._minmax(expr, "tl.minimum")
+        return self._chain(expr, lambda a, b: f"tl.minimum({a}, {b}, propagate_nan=tl.PropagateNan.ALL)")
 
     def _print_Piecewise(self, expr):
         *branches, (last, cond) = expr.args
@@ -294,19 +295,12 @@ class ScalarPrinter(TritonPrinter):
     _print_atan2 = _print_Function
     _print_atan = _print_Function
 
-    def _fold(self, expr, op):
-        # Python's max(a, b, ...): the first argument unless a later one compares greater.
-        args = [self._print(a) for a in expr.args]
-        text = args[0]
-        for arg in args[1:]:
-            text = f"tl.where({arg} {op} {text}, {arg}, {text})"
-        return text
-
+    # Python's max(a, b, ...): the first argument unless a later one compares greater.
     def _print_Max(self, expr):
-        return self._fold(expr, ">")
+        return self._chain(expr, lambda a, b: f"tl.where({b} > {a}, {b}, {a})")
 
     def _print_Min(self, expr):
-        return self._fold(expr, "<")
+        return self._chain(expr, lambda a, b: f"tl.where({b} < {a}, {b}, {a})")
 
 
 class HostPrinter(_Common):

@@ -26,25 +26,29 @@ from conftest import ROOT
 SMALL = ((7, 13), (129,), ())
 
 
+def _gradients(record, params, step) -> dict:
+    """Set step `step`'s gradients; return the step() arguments (the loss, for rules that read it)."""
+    if record.loss_fn is not None:
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            loss = record.loss_fn(params, step, 0)
+            loss.backward()
+        return {"loss": loss.detach()}
+    for p, g in zip(params, make_grads(params, step)):
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.copy_(g)  # gradients keep their storage, as under zero_grad(set_to_none=False)
+    return {}
+
+
 def _step_counts(record, shapes):
     module = importlib.import_module(f"generated.{record.spec}")
     params = make_params(shapes, torch.float32)
     opt = record.generated(params, backend="triton", **record.configs[-1])
     for step in (1, 2, 3):  # count the third: state exists and no state is new, as in training
-        kwargs = {}
-        if record.loss_fn is not None:
-            for p in params:
-                p.grad = None
-            with torch.enable_grad():
-                loss = record.loss_fn(params, step, 0)
-                loss.backward()
-            kwargs["loss"] = loss.detach()
-        else:
-            for p, g in zip(params, make_grads(params, step)):
-                if p.grad is None:
-                    p.grad = g
-                else:
-                    p.grad.copy_(g)  # gradients keep their storage, as under zero_grad(set_to_none=False)
+        kwargs = _gradients(record, params, step)
         if step < 3:
             opt.step(**kwargs)
     with count_launches(module, opt) as (kernels, ops):
@@ -98,17 +102,7 @@ def test_staged_steps_never_sync_with_the_host_on_cuda():
         params = make_params(SMALL + ((70, 40),), torch.float32, device="cuda")
         opt = record.generated(params, **record.configs[-1])
         for step in (1, 2, 3):
-            kwargs = {}
-            if record.loss_fn is not None:
-                for p in params:
-                    p.grad = None
-                with torch.enable_grad():
-                    loss = record.loss_fn(params, step, 0)
-                    loss.backward()
-                kwargs["loss"] = loss.detach()
-            else:
-                for p, g in zip(params, make_grads(params, step)):
-                    p.grad = g
+            kwargs = _gradients(record, params, step)
             torch.cuda.synchronize()
             if step == 1:
                 opt.step(**kwargs)
