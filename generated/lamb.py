@@ -726,7 +726,6 @@ class Lamb(torch.optim.Optimizer):
         h["numel"] = float(real.numel())  # a DTensor's global shape: the kernels see the local one
         h["ndim"] = float(real.dim())
         h["rows"], h["cols"] = (float(n) for n in _matrix_shape(real))
-        h["machine_eps"] = torch.finfo(real.dtype).eps
         h["_shards"] = _shards(real)
         variant = _VARIANTS[_variant(h)]
         for name in variant[1]:

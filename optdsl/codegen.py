@@ -259,6 +259,9 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         typed_states=[s for s in states if s["dtype"]],
         state_kinds=[(s, checked.state_kinds[s]) for s in checked.state_names],
         counts_steps=checked.counts_steps,
+        reads_machine_eps="machine_eps" in reference_inputs or any(
+            "machine_eps" in {s.name for s in e.free_symbols}
+            for e in [*plan.lowered.conditions, *(v for var in plan.lowered.variants for v in var.outputs.values())]),
         fresh_states=checked.fresh_states,
         kernels=kernels,
         variant_rows=variant_rows,
