@@ -816,13 +816,8 @@ class SGDP(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
-        device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
         for param, grad, state, h, variant in work:
-            compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-            inputs = device_inputs.get((param.device, compute))
-            if inputs is None:
-                inputs = device_inputs[(param.device, compute)] = {}
-            self._apply(param, grad, state, h, variant, inputs)
+            self._apply(param, grad, state, h, variant, {})
         return closure_loss if closure is not None else loss
 
     def _prepare(self, param, grad, state, hyperparameters):

@@ -539,7 +539,7 @@ def _single_program_kernel(staged, name: str, triton_printer, state_pointer, uni
     reduction in torch (those stay multi-pass)."""
     if any(kind != "kernel" for kind, _ in staged.passes) or any(s.over in ("row", "col") for s in staged.reductions):
         return None
-    if any(name_ not in uniform_states for name_ in staged.device_outputs):
+    if any(state not in uniform_states for state in staged.device_outputs):
         return None
     blocks = [b for _, b in staged.passes] + [staged.final]
     if any(b.gathers for b in blocks):

@@ -94,6 +94,13 @@ class _Spec:
         self.has_triton = getattr(self.module, "triton", None) is not None
         self.uses_loss = self.checked.uses_loss
         self.staged = self.compiled.plan.lowered.staged
+        self.has_globals = bool(self.compiled.plan.global_reductions)
+
+    def globals_of(self, items) -> dict:
+        """The interpretation's global reductions over `items` (none to compute for most rules)."""
+        from .interpret import interpret_globals
+
+        return interpret_globals(self.checked, items) if self.has_globals else {}
 
     def step(self, opt, params):
         """opt.step(), with the loss of `params` for a rule that reads it."""
@@ -265,7 +272,7 @@ def _interpretation_rows(spec, label, config, base, grads):
     """Reference and planned IR vs the fp64 interpretation of the unsimplified spec, step by step."""
     import torch
 
-    from .interpret import evaluate_plan, interpret_globals, interpret_step, tensor_values
+    from .interpret import evaluate_plan, interpret_step, tensor_values
 
     module = spec.module
     params = [b.clone().requires_grad_() for b in base]
@@ -288,7 +295,7 @@ def _interpretation_rows(spec, label, config, base, grads):
             tensors = {n: (state[n] if n in state else module._init_state(n, p, h)).double() for n in touched}
             items.append((p.detach(), g, tensors, h, key))
         inputs = {"loss": _loss_of(params)} if spec.uses_loss else {}
-        inputs["__globals__"] = interpret_globals(spec.checked, [item[:4] for item in items])
+        inputs["__globals__"] = spec.globals_of([item[:4] for item in items])
         expectations = []
         for p, g, tensors, h, key in items:
             expected = interpret_step(spec.checked, p, g, tensors, h, inputs)
@@ -400,7 +407,7 @@ def _zero_grad_is_noop(spec, config) -> bool:
     """Whether the unsimplified spec, interpreted in fp64, leaves params unchanged on zero grads."""
     import torch
 
-    from .interpret import interpret_globals, interpret_step, tensor_values
+    from .interpret import interpret_step, tensor_values
 
     module = spec.module
     p = torch.randn(16, dtype=torch.float64)
@@ -416,7 +423,7 @@ def _zero_grad_is_noop(spec, config) -> bool:
             state.setdefault(n, module._init_state(n, p, h).double())
         inputs = {"loss": _loss_of([p])} if spec.uses_loss else {}
         item = (p, torch.zeros_like(p), {n: state[n] for n in touched}, h)
-        inputs["__globals__"] = interpret_globals(spec.checked, [item])
+        inputs["__globals__"] = spec.globals_of([item])
         result = interpret_step(spec.checked, *item, inputs)
         if not torch.equal(result["param"], p):
             return False

@@ -113,4 +113,5 @@ def count_launches(module, opt):
     finally:
         for name, kernel in originals.items():
             setattr(module, name, kernel)
-        module._VARIANTS.update(variants) if variants else None
+        if variants:
+            module._VARIANTS.update(variants)
