@@ -464,10 +464,11 @@ def _variant(h):
     return (bool((ndim > 1)),)
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True,): (_adafactor_launch_ndim_gt_1, ("row_var", "col_var"), ("param", "row_var", "col_var")),
-    (False,): (_adafactor_launch_not_ndim_gt_1, ("variance",), ("param", "variance")),
+    (True,): (_adafactor_launch_ndim_gt_1, ("row_var", "col_var"), ("param", "row_var", "col_var"), None),
+    (False,): (_adafactor_launch_not_ndim_gt_1, ("variance",), ("param", "variance"), None),
 }
 
 
@@ -705,7 +706,7 @@ class Adafactor(torch.optim.Optimizer):
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

@@ -87,6 +87,64 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
+    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
+    built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    return entry[3], entry[2]
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -293,6 +351,73 @@ def _adam_w_clip_global_launch_amsgrad(param, grad, state, h, inputs):
 
 
 @_jit
+def _adam_w_clip_global_multi_kernel_amsgrad(
+    tensors_ptr, chunks_ptr, global_sum_ptr,
+    beta2, eps, max_norm, c0, c1, c2, c3, c4, c5,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 6 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 5)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    max_exp_avg_sq_ptr = _address(row_ptr, 4, DTYPES[4], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    global_sum = tl.load(global_sum_ptr).to(tl.float32)
+    total_norm = tl.sqrt(global_sum)
+    tmp0 = tl.minimum(1.0, max_norm/(total_norm + 1e-06), propagate_nan=tl.PropagateNan.ALL)
+    tmp1 = grad*tmp0
+    exp_avg_sq_new = beta2*exp_avg_sq + c1*grad * grad*tmp0 * tmp0
+    max_exp_avg_sq_new = tl.maximum(exp_avg_sq_new, max_exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
+    clipped = tmp1
+    g = c3*tmp1
+    exp_avg_new = c4*(-exp_avg + g) + exp_avg
+    tl.store(param_ptr + offsets, (c0*param + c5*exp_avg_new/(c2*tl.sqrt(max_exp_avg_sq_new) + eps)).to(DTYPES[0]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
+    tl.store(max_exp_avg_sq_ptr + offsets, (max_exp_avg_sq_new).to(DTYPES[4]), mask=mask)
+
+
+def _adam_w_clip_global_scalars_amsgrad(h):
+    """The scalar arguments of _adam_w_clip_global_multi_kernel_amsgrad for a tensor with host
+    values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    eps = h["eps"]
+    weight_decay = h["weight_decay"]
+    maximize = h["maximize"]
+    max_norm = h["max_norm"]
+    step = h["step"]
+    c0 = -lr*weight_decay + 1
+    c1 = 1 - beta2
+    c2 = 1 / _sqrt(1 - _pow(beta2, step))
+    c3 = (-1.0 if maximize else 1.0)
+    c4 = 1 - beta1
+    c5 = -lr/(1 - _pow(beta1, step))
+    return (beta2, eps, max_norm, c0, c1, c2, c3, c4, c5)
+
+
+def _adam_w_clip_global_multi_launch_amsgrad(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _adam_w_clip_global_multi_kernel_amsgrad over a bucket's tables."""
+    _adam_w_clip_global_multi_kernel_amsgrad[(chunks.shape[0],)](
+        tensors, chunks, inputs["global_sum"], *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
+@_jit
 def _adam_w_clip_global_kernel_not_amsgrad(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, global_sum_ptr,
     beta2, eps, max_norm, c0, c1, c2, c3, c4, c5,
@@ -342,36 +467,113 @@ def _adam_w_clip_global_launch_not_amsgrad(param, grad, state, h, inputs):
     _adam_w_clip_global_kernel_not_amsgrad[grid](param, grad, state["exp_avg"], state["exp_avg_sq"], global_sum, beta2, eps, max_norm, c0, c1, c2, c3, c4, c5, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
+@_jit
+def _adam_w_clip_global_multi_kernel_not_amsgrad(
+    tensors_ptr, chunks_ptr, global_sum_ptr,
+    beta2, eps, max_norm, c0, c1, c2, c3, c4, c5,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 5 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 4)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    global_sum = tl.load(global_sum_ptr).to(tl.float32)
+    total_norm = tl.sqrt(global_sum)
+    tmp0 = tl.minimum(1.0, max_norm/(total_norm + 1e-06), propagate_nan=tl.PropagateNan.ALL)
+    tmp1 = grad*tmp0
+    exp_avg_sq_new = beta2*exp_avg_sq + c1*grad * grad*tmp0 * tmp0
+    clipped = tmp1
+    g = c3*tmp1
+    exp_avg_new = c4*(-exp_avg + g) + exp_avg
+    denom = c2*tl.sqrt(exp_avg_sq_new) + eps
+    tl.store(param_ptr + offsets, (c0*param + c5*exp_avg_new/denom).to(DTYPES[0]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
+
+
+def _adam_w_clip_global_scalars_not_amsgrad(h):
+    """The scalar arguments of _adam_w_clip_global_multi_kernel_not_amsgrad for a tensor with host
+    values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    eps = h["eps"]
+    weight_decay = h["weight_decay"]
+    maximize = h["maximize"]
+    max_norm = h["max_norm"]
+    step = h["step"]
+    c0 = -lr*weight_decay + 1
+    c1 = 1 - beta2
+    c2 = 1 / _sqrt(1 - _pow(beta2, step))
+    c3 = (-1.0 if maximize else 1.0)
+    c4 = 1 - beta1
+    c5 = -lr/(1 - _pow(beta1, step))
+    return (beta2, eps, max_norm, c0, c1, c2, c3, c4, c5)
+
+
+def _adam_w_clip_global_multi_launch_not_amsgrad(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _adam_w_clip_global_multi_kernel_not_amsgrad over a bucket's tables."""
+    _adam_w_clip_global_multi_kernel_not_amsgrad[(chunks.shape[0],)](
+        tensors, chunks, inputs["global_sum"], *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
-# Global reductions: one tensor's contribution to each, combined over every parameter in `step`.
+# Global reductions: every tensor's contribution to each, combined over every parameter in `step`.
 
 
 @_jit
-def _adam_w_clip_global_global_kernel(
-    grad_ptr, partials_ptr,
-    n_elements, n_cols,
-    BLOCK_SIZE: tl.constexpr,
+def _adam_w_clip_global_contributions_kernel(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 2 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 1)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     tl.store(partials_ptr + pid * 1 + 0, tl.sum(tl.where(mask, grad * grad, 0.0), axis=0))
 
 
-def _global_launch(param, grad, state, h):
-    n_elements = param.numel()
-    n_rows, n_cols = _matrix_shape(param)
-    grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
-    _adam_w_clip_global_global_kernel[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    return partials.sum(0)
+def _adam_w_clip_global_contribution_scalars(h):
+    """The scalar arguments of _adam_w_clip_global_contributions_kernel for a tensor with host
+    values `h` (tensors with equal ones share a launch)."""
+    return ()
+
+
+def _adam_w_clip_global_contributions_launch(tensors, chunks, dtypes, aligned, scalars):
+    """The contribution of a bucket of tensors to each global reduction, in float64."""
+    partials = torch.empty((chunks.shape[0], 1), device=tensors.device, dtype=torch.float32)
+    _adam_w_clip_global_contributions_kernel[(chunks.shape[0],)](
+        tensors, chunks, partials, *scalars, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+    return partials.sum(0, dtype=torch.float64)
 
 
 def _global_reference(param, grad, state, h):
     return torch.stack([torch.sum(grad ** 2)])
 
 
+# the tensors a contribution reads (table columns)
+_GLOBAL_COLUMNS = ("grad",)
 # global value -> how per-tensor contributions combine
 _GLOBALS = {"global_sum": "sum"}
 _NEUTRAL = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}
@@ -388,10 +590,11 @@ def _variant(h):
     return (bool(amsgrad),)
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True,): (_adam_w_clip_global_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
-    (False,): (_adam_w_clip_global_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (True,): (_adam_w_clip_global_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_adam_w_clip_global_multi_launch_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _adam_w_clip_global_scalars_amsgrad)),
+    (False,): (_adam_w_clip_global_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_w_clip_global_multi_launch_not_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq"), _adam_w_clip_global_scalars_not_amsgrad)),
 }
 
 
@@ -549,6 +752,7 @@ class AdamWClipGlobal(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize, max_norm=max_norm)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -567,6 +771,7 @@ class AdamWClipGlobal(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("betas", self.defaults["betas"])
@@ -595,8 +800,10 @@ class AdamWClipGlobal(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
-        totals = self._global_totals(work)
+        used = set()  # the launch tables of this step
+        totals = self._global_totals(work, used)
         device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
+        buckets = {}  # multi-tensor launch -> (rows, device inputs)
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = device_inputs.get((param.device, compute))
@@ -604,8 +811,42 @@ class AdamWClipGlobal(torch.optim.Optimizer):
                 inputs = device_inputs[(param.device, compute)] = {}
                 for name, total in totals.items():
                     inputs[name] = total.to(device=param.device, dtype=compute)
+            row = self._multi_tensor_row(param, grad, state, variant)
+            if row is not None:
+                launch, columns, scalars = variant[3]
+                key = (launch, columns, *_layout(row, columns), scalars(h))
+                buckets.setdefault(key, ([], inputs))[0].append(row)
+                continue
             self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+
+    def _multi_tensor_row(self, param, grad, state, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor or a strided one."""
+        if variant[3] is None or not _use_triton(param, self.backend):
+            return None
+        tensors = dict(state, param=param, grad=grad)
+        row = {name: _real(_local(tensors[name])) for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""
@@ -626,39 +867,49 @@ class AdamWClipGlobal(torch.optim.Optimizer):
                 state[name] = _new_state(name, param, h)
         return param, grad, state, h, variant
 
-    def _global_totals(self, work):
+    def _global_totals(self, work, used):
         """Every global reduction over all parameters of this step (on the first one's device).
         Sharded parameters contribute their local shards, and the totals of parameters sharded over
         the same process groups are all-reduced once, so replicated values count once."""
-        buckets = {}  # process groups -> contributions of the parameters sharded over them
+        contributions = {}  # process groups -> contributions of the parameters sharded over them
+        launches = {}  # multi-tensor launch of Triton contributions -> rows
         for param, grad, state, h, _ in work:
             if h["numel"] == 0:
                 continue
-            param, grad = _real(_local(param)), _real(_local(grad))
+            groups = tuple(_groups(h))
             tensors = {name: _real(_local(t)) for name, t in state.items()
-                       if isinstance(t, torch.Tensor) and _local(t).shape == param.shape}
+                       if isinstance(t, torch.Tensor) and _local(t).shape == _local(param).shape}
+            param, grad = _real(_local(param)), _real(_local(grad))
             if param.numel() == 0:  # an empty shard: the rank still joins the all-reduce
                 contribution = torch.tensor([_NEUTRAL[f] for f in _GLOBALS.values()], dtype=torch.float64, device=param.device)
             elif _use_triton(param, self.backend):
-                contribution = _global_launch(param.contiguous(), grad.contiguous(), {n: t.contiguous() for n, t in tensors.items()}, h)
+                # Read only: a strided tensor contributes through a contiguous copy.
+                row = {name: t.contiguous() for name, t in dict(tensors, param=param, grad=grad).items()
+                       if name in _GLOBAL_COLUMNS}
+                launches.setdefault((groups, *_layout(row, _GLOBAL_COLUMNS), _adam_w_clip_global_contribution_scalars(h)), []).append(row)
+                continue
             else:
                 compute = torch.float64 if param.dtype == torch.float64 else torch.float32
                 contribution = _global_reference(param.to(compute), grad.to(compute), {n: t.to(compute) for n, t in tensors.items()}, h)
-            buckets.setdefault(tuple(_groups(h)), []).append(contribution)
-        if not buckets:
+            contributions.setdefault(groups, []).append(contribution)
+        for (groups, device, dtypes, aligned, scalars), rows in launches.items():
+            contributions.setdefault(groups, []).append(self._multi_tensor_launch(
+                used, _adam_w_clip_global_contributions_launch, _GLOBAL_COLUMNS, rows, device, dtypes, aligned, scalars))
+        if not contributions:
             return {}
-        device = next(iter(buckets.values()))[0].device
+        device = next(iter(contributions.values()))[0].device
         totals = None
-        for groups, contributions in buckets.items():
-            # Combined in float64, in parameter order: the same totals every run.
-            stacked = torch.stack([c.to(device=device) for c in contributions]).to(torch.float64)
+        for groups, parts in contributions.items():
+            # Combined in float64 in a fixed order (reference contributions in parameter order,
+            # then one per launch): the same totals every run.
+            stacked = torch.stack([c.to(device=device) for c in parts]).to(torch.float64)
             values = [getattr(stacked[:, index], finish)() for index, finish in enumerate(_GLOBALS.values())]
             values = _all_reduce(values, [_ACROSS_OP[f] for f in _GLOBALS.values()], list(groups))
             totals = values if totals is None else [_COMBINE_TOTALS[f](a, b) for f, a, b in zip(_GLOBALS.values(), totals, values)]
         return dict(zip(_GLOBALS, totals))
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

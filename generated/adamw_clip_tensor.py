@@ -445,10 +445,11 @@ def _variant(h):
     return (bool(amsgrad),)
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True,): (_adam_w_clip_tensor_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")),
-    (False,): (_adam_w_clip_tensor_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (True,): (_adam_w_clip_tensor_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), None),
+    (False,): (_adam_w_clip_tensor_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),
 }
 
 
@@ -675,7 +676,7 @@ class AdamWClipTensor(torch.optim.Optimizer):
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

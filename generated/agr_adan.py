@@ -460,10 +460,11 @@ def _variant(h):
     return (bool(fresh_previous_grad),)
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True,): (_agr_adan_launch_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad")),
-    (False,): (_agr_adan_launch_not_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad")),
+    (True,): (_agr_adan_launch_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), None),
+    (False,): (_agr_adan_launch_not_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), None),
 }
 
 
@@ -678,7 +679,7 @@ class AGRAdan(torch.optim.Optimizer):
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

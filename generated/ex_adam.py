@@ -117,6 +117,56 @@ def _scalar_pow(x, y):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
+    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
+    built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    return entry[3], entry[2]
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels: one launch updates every tensor of a bucket (same kernel, device and dtypes).
 #
 # tensors_ptr: a table in device memory, one row per tensor: the addresses of param, grad,
@@ -127,15 +177,6 @@ def _scalar_pow(x, y):
 # Scalars that depend only on hyperparameters and the step are computed by each program, in
 # float64, from these and its tensor's step: a new lr or step changes no launch argument (no
 # recompilation; a CUDA graph replays it). The math per element is float32.
-
-
-@_jit
-def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
-    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
-    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
-    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
-        pointer = tl.multiple_of(pointer, 16)
-    return pointer
 
 
 @_jit
@@ -210,26 +251,6 @@ def _ex_adam_kernel(
         tl.store(master_ptr + offsets, param_new, mask=mask)
     tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
-
-
-def _tl_dtype(dtype):
-    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-            torch.float64: tl.float64}[dtype]
-
-
-def _tensor_table(rows, device):
-    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
-    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
-
-
-def _chunk_table(sizes, device):
-    """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
-    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
-    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
-    first_chunk = torch.cumsum(counts, 0) - counts
-    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
 
 
 def _bucket(kernel, row, cached):
@@ -455,7 +476,7 @@ class EXAdam(torch.optim.Optimizer):
         self.capturable = capturable
         self.master_weights = master_weights
         self.state_dtype = state_dtype
-        self._tables = {}  # (group index, bucket) -> (addresses, tensor table, chunk table)
+        self._tables = {}  # (group index, bucket) -> (rows, sizes, chunk table, tensor table)
         self._hyper_buffers = {}  # (group index, device) -> (values written, float64 buffer)
         super().__init__(params, defaults)
 
@@ -634,15 +655,9 @@ class EXAdam(torch.optim.Optimizer):
             hypers = self._hyperparameter_buffer(index, group, device)
             addresses = [[row[c].data_ptr() if c in row else 0 for c in ("param", "grad", "exp_avg", "exp_avg_sq", "step", "master_param")]
                          + [row["param"].numel(), *flags] for row, flags in rows]
-            sizes = [row[6] for row in addresses]
-            entry = self._tables.get((index, key)) if cached else None
-            if entry is None or entry[0] != addresses:  # first step, a tensor moved, or not cached
-                chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
-                entry = (addresses, sizes, chunks, _tensor_table(addresses, device))
-                if cached:
-                    self._tables[(index, key)] = entry
+            tensors, chunks = _launch_tables(self._tables, (index, key) if cached else None, addresses,
+                                             6, device)
             used.add((index, key))
-            _, _, chunks, tensors = entry
             kernel[(chunks.shape[0],)](
                 tensors, chunks, hypers,
                 DTYPES=tuple(_tl_dtype(d) for d in dtypes), MASTER_WEIGHTS=master_weights, ALIGNED=aligned,

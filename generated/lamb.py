@@ -497,10 +497,11 @@ def _variant(h):
     return (bool(grad_averaging),)
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True,): (_lamb_launch_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio")),
-    (False,): (_lamb_launch_not_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio")),
+    (True,): (_lamb_launch_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), None),
+    (False,): (_lamb_launch_not_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), None),
 }
 
 
@@ -729,7 +730,7 @@ class Lamb(torch.optim.Optimizer):
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

@@ -75,6 +75,64 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
+    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
+    built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    return entry[3], entry[2]
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -584,6 +642,55 @@ def _lars_launch_not_ndim_gt_1_momentum_gt_0_nesterov(param, grad, state, h, inp
 
 
 @_jit
+def _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov(
+    tensors_ptr, chunks_ptr,
+    momentum, c0, c1, c2,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer_new = c1*grad + momentum*momentum_buffer
+    g = c0*grad
+    g_2 = g + momentum*momentum_buffer_new
+    tl.store(param_ptr + offsets, (c2*g_2 + param).to(DTYPES[0]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
+
+
+def _lars_scalars_not_ndim_gt_1_momentum_gt_0_nesterov(h):
+    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov for a tensor
+    with host values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    momentum = h["momentum"]
+    dampening = h["dampening"]
+    maximize = h["maximize"]
+    h0 = (-1.0 if maximize else 1.0)
+    c0 = h0
+    c1 = h0*(1 - dampening)
+    c2 = -lr
+    return (momentum, c0, c1, c2)
+
+
+def _lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov over a bucket's tables."""
+    _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
+@_jit
 def _lars_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov(
     param_ptr, grad_ptr, momentum_buffer_ptr,
     momentum, c0, c1,
@@ -615,6 +722,51 @@ def _lars_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov(param, grad, state, h,
 
 
 @_jit
+def _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov(
+    tensors_ptr, chunks_ptr,
+    momentum, c0, c1,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer_new = c0*grad + momentum*momentum_buffer
+    tl.store(param_ptr + offsets, (c1*momentum_buffer_new + param).to(DTYPES[0]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
+
+
+def _lars_scalars_not_ndim_gt_1_momentum_gt_0_not_nesterov(h):
+    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov for a
+    tensor with host values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    momentum = h["momentum"]
+    dampening = h["dampening"]
+    maximize = h["maximize"]
+    c0 = (1 - dampening)*(-1.0 if maximize else 1.0)
+    c1 = -lr
+    return (momentum, c0, c1)
+
+
+def _lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov over a bucket's tables."""
+    _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
+@_jit
 def _lars_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov(
     param_ptr, grad_ptr,
     c0,
@@ -637,6 +789,44 @@ def _lars_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov(param, grad, state, h,
     n_rows, n_cols = _matrix_shape(param)
     grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
     _lars_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov[grid](param, grad, c0, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+
+
+@_jit
+def _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov(
+    tensors_ptr, chunks_ptr,
+    c0,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 2)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(param_ptr + offsets, (c0*grad + param).to(DTYPES[0]), mask=mask)
+
+
+def _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_nesterov(h):
+    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov for a
+    tensor with host values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    maximize = h["maximize"]
+    c0 = -lr*(-1.0 if maximize else 1.0)
+    return (c0,)
+
+
+def _lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov over a bucket's tables."""
+    _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
 
 
 @_jit
@@ -664,6 +854,44 @@ def _lars_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(param, grad, state
     _lars_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](param, grad, c0, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
+@_jit
+def _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(
+    tensors_ptr, chunks_ptr,
+    c0,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 2)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(param_ptr + offsets, (c0*grad + param).to(DTYPES[0]), mask=mask)
+
+
+def _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(h):
+    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov for
+    a tensor with host values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    maximize = h["maximize"]
+    c0 = -lr*(-1.0 if maximize else 1.0)
+    return (c0,)
+
+
+def _lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov over a bucket's tables."""
+    _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
@@ -675,16 +903,17 @@ def _variant(h):
     return (bool((ndim > 1)), bool((momentum > 0)), bool(nesterov))
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True, True, True): (_lars_launch_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer")),
-    (True, True, False): (_lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer")),
-    (True, False, True): (_lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",)),
-    (True, False, False): (_lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",)),
-    (False, True, True): (_lars_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer")),
-    (False, True, False): (_lars_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer")),
-    (False, False, True): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",)),
-    (False, False, False): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",)),
+    (True, True, True): (_lars_launch_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
+    (True, True, False): (_lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
+    (True, False, True): (_lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), None),
+    (True, False, False): (_lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), None),
+    (False, True, True): (_lars_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_nesterov)),
+    (False, True, False): (_lars_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_not_nesterov)),
+    (False, False, True): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_nesterov)),
+    (False, False, False): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_not_nesterov)),
 }
 
 
@@ -836,6 +1065,7 @@ class LARS(torch.optim.Optimizer):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, dampening=dampening, trust_coefficient=trust_coefficient, nesterov=nesterov, maximize=maximize)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -854,6 +1084,7 @@ class LARS(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("weight_decay", self.defaults["weight_decay"])
@@ -882,9 +1113,46 @@ class LARS(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        used = set()  # the launch tables of this step
+        buckets = {}  # multi-tensor launch -> (rows, device inputs)
         for param, grad, state, h, variant in work:
-            self._apply(param, grad, state, h, variant, {})
+            inputs = {}
+            row = self._multi_tensor_row(param, grad, state, variant)
+            if row is not None:
+                launch, columns, scalars = variant[3]
+                key = (launch, columns, *_layout(row, columns), scalars(h))
+                buckets.setdefault(key, ([], inputs))[0].append(row)
+                continue
+            self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+
+    def _multi_tensor_row(self, param, grad, state, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor or a strided one."""
+        if variant[3] is None or not _use_triton(param, self.backend):
+            return None
+        tensors = dict(state, param=param, grad=grad)
+        row = {name: _real(_local(tensors[name])) for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""
@@ -903,7 +1171,7 @@ class LARS(torch.optim.Optimizer):
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

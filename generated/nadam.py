@@ -358,10 +358,11 @@ def _variant(h):
     return (bool(decoupled_weight_decay),)
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True,): (_n_adam_launch_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product")),
-    (False,): (_n_adam_launch_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product")),
+    (True,): (_n_adam_launch_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), None),
+    (False,): (_n_adam_launch_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), None),
 }
 
 
@@ -609,7 +610,7 @@ class NAdam(torch.optim.Optimizer):
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             # An empty tensor still advances its host scalar states, as torch.optim.NAdam's
             # mu_product does: run the reference, whose tensor values are all empty.

@@ -95,6 +95,64 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
+    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
+    built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    return entry[3], entry[2]
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -424,6 +482,57 @@ def _sgdp_launch_nesterov_not_ndim_gt_1(param, grad, state, h, inputs):
 
 
 @_jit
+def _sgdp_multi_kernel_nesterov_not_ndim_gt_1(
+    tensors_ptr, chunks_ptr,
+    momentum, c0, c1, c2, c3,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer_new = c2*grad + momentum*momentum_buffer
+    g = c1*grad
+    u = g + momentum*momentum_buffer_new
+    tl.store(param_ptr + offsets, (c0*param + c3*u).to(DTYPES[0]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
+
+
+def _sgdp_scalars_nesterov_not_ndim_gt_1(h):
+    """The scalar arguments of _sgdp_multi_kernel_nesterov_not_ndim_gt_1 for a tensor with host
+    values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    momentum = h["momentum"]
+    dampening = h["dampening"]
+    weight_decay = h["weight_decay"]
+    maximize = h["maximize"]
+    h0 = (-1.0 if maximize else 1.0)
+    c0 = -lr*weight_decay/(1 - momentum) + 1
+    c1 = h0
+    c2 = h0*(1 - dampening)
+    c3 = -lr
+    return (momentum, c0, c1, c2, c3)
+
+
+def _sgdp_multi_launch_nesterov_not_ndim_gt_1(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _sgdp_multi_kernel_nesterov_not_ndim_gt_1 over a bucket's tables."""
+    _sgdp_multi_kernel_nesterov_not_ndim_gt_1[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
+@_jit
 def _sgdp_reduce1_kernel_not_nesterov_ndim_gt_1(
     param_ptr, grad_ptr, partials_ptr, temps_ptr,
     c0,
@@ -591,6 +700,53 @@ def _sgdp_launch_not_nesterov_not_ndim_gt_1(param, grad, state, h, inputs):
     _sgdp_kernel_not_nesterov_not_ndim_gt_1[grid](param, grad, state["momentum_buffer"], momentum, c0, c1, c2, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
+@_jit
+def _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1(
+    tensors_ptr, chunks_ptr,
+    momentum, c0, c1, c2,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer_new = c1*grad + momentum*momentum_buffer
+    tl.store(param_ptr + offsets, (c0*param + c2*momentum_buffer_new).to(DTYPES[0]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
+
+
+def _sgdp_scalars_not_nesterov_not_ndim_gt_1(h):
+    """The scalar arguments of _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1 for a tensor with host
+    values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    momentum = h["momentum"]
+    dampening = h["dampening"]
+    weight_decay = h["weight_decay"]
+    maximize = h["maximize"]
+    c0 = -lr*weight_decay/(1 - momentum) + 1
+    c1 = (1 - dampening)*(-1.0 if maximize else 1.0)
+    c2 = -lr
+    return (momentum, c0, c1, c2)
+
+
+def _sgdp_multi_launch_not_nesterov_not_ndim_gt_1(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1 over a bucket's tables."""
+    _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
@@ -601,12 +757,13 @@ def _variant(h):
     return (bool(nesterov), bool((ndim > 1)))
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (True, True): (_sgdp_launch_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer")),
-    (True, False): (_sgdp_launch_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer")),
-    (False, True): (_sgdp_launch_not_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer")),
-    (False, False): (_sgdp_launch_not_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer")),
+    (True, True): (_sgdp_launch_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), None),
+    (True, False): (_sgdp_launch_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_nesterov_not_ndim_gt_1)),
+    (False, True): (_sgdp_launch_not_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), None),
+    (False, False): (_sgdp_launch_not_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_not_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_not_nesterov_not_ndim_gt_1)),
 }
 
 
@@ -768,6 +925,7 @@ class SGDP(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, delta=delta, wd_ratio=wd_ratio, nesterov=nesterov, eps=eps, maximize=maximize)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -786,6 +944,7 @@ class SGDP(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("momentum", self.defaults["momentum"])
@@ -816,9 +975,46 @@ class SGDP(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        used = set()  # the launch tables of this step
+        buckets = {}  # multi-tensor launch -> (rows, device inputs)
         for param, grad, state, h, variant in work:
-            self._apply(param, grad, state, h, variant, {})
+            inputs = {}
+            row = self._multi_tensor_row(param, grad, state, variant)
+            if row is not None:
+                launch, columns, scalars = variant[3]
+                key = (launch, columns, *_layout(row, columns), scalars(h))
+                buckets.setdefault(key, ([], inputs))[0].append(row)
+                continue
+            self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+
+    def _multi_tensor_row(self, param, grad, state, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor or a strided one."""
+        if variant[3] is None or not _use_triton(param, self.backend):
+            return None
+        tensors = dict(state, param=param, grad=grad)
+        row = {name: _real(_local(tensors[name])) for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""
@@ -837,7 +1033,7 @@ class SGDP(torch.optim.Optimizer):
         return param, grad, state, h, variant
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

@@ -61,6 +61,64 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
+    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
+    built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    return entry[3], entry[2]
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -248,36 +306,94 @@ def _sps_max_launch(param, grad, state, h, inputs):
     _sps_max_kernel[grid](param, grad, global_sum, loss, lr, c, eps, max_lr, c0, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
+@_jit
+def _sps_max_multi_kernel(
+    tensors_ptr, chunks_ptr, global_sum_ptr, loss_ptr,
+    lr, c, eps, max_lr, c0,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 2)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    global_sum = tl.load(global_sum_ptr).to(tl.float32)
+    loss = tl.load(loss_ptr).to(tl.float32)
+    denom = c*global_sum + eps
+    gamma = tl.where((denom > 0.0), lr*tl.minimum(max_lr, (c0 + loss)/denom, propagate_nan=tl.PropagateNan.ALL), 0.0)
+    tl.store(param_ptr + offsets, (-gamma*grad + param).to(DTYPES[0]), mask=mask)
+
+
+def _sps_max_scalars(h):
+    """The scalar arguments of _sps_max_multi_kernel for a tensor with host values `h` (tensors
+    with equal ones share a launch)."""
+    lr = h["lr"]
+    c = h["c"]
+    f_star = h["f_star"]
+    eps = h["eps"]
+    max_lr = h["max_lr"]
+    c0 = -f_star
+    return (lr, c, eps, max_lr, c0)
+
+
+def _sps_max_multi_launch(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _sps_max_multi_kernel over a bucket's tables."""
+    _sps_max_multi_kernel[(chunks.shape[0],)](
+        tensors, chunks, inputs["global_sum"], inputs["loss"], *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
-# Global reductions: one tensor's contribution to each, combined over every parameter in `step`.
+# Global reductions: every tensor's contribution to each, combined over every parameter in `step`.
 
 
 @_jit
-def _sps_max_global_kernel(
-    grad_ptr, partials_ptr,
-    n_elements, n_cols,
-    BLOCK_SIZE: tl.constexpr,
+def _sps_max_contributions_kernel(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offsets = pid.to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 2 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 1)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
     mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     tl.store(partials_ptr + pid * 1 + 0, tl.sum(tl.where(mask, grad * grad, 0.0), axis=0))
 
 
-def _global_launch(param, grad, state, h):
-    n_elements = param.numel()
-    n_rows, n_cols = _matrix_shape(param)
-    grid = (triton.cdiv(n_elements, BLOCK_SIZE),)
-    partials = torch.empty((grid[0], 1), device=param.device, dtype=torch.float32)
-    _sps_max_global_kernel[grid](grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
-    return partials.sum(0)
+def _sps_max_contribution_scalars(h):
+    """The scalar arguments of _sps_max_contributions_kernel for a tensor with host values `h`
+    (tensors with equal ones share a launch)."""
+    return ()
+
+
+def _sps_max_contributions_launch(tensors, chunks, dtypes, aligned, scalars):
+    """The contribution of a bucket of tensors to each global reduction, in float64."""
+    partials = torch.empty((chunks.shape[0], 1), device=tensors.device, dtype=torch.float32)
+    _sps_max_contributions_kernel[(chunks.shape[0],)](
+        tensors, chunks, partials, *scalars, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+    return partials.sum(0, dtype=torch.float64)
 
 
 def _global_reference(param, grad, state, h):
     return torch.stack([torch.sum(grad ** 2)])
 
 
+# the tensors a contribution reads (table columns)
+_GLOBAL_COLUMNS = ("grad",)
 # global value -> how per-tensor contributions combine
 _GLOBALS = {"global_sum": "sum"}
 _NEUTRAL = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}
@@ -293,9 +409,10 @@ def _variant(h):
     return ()
 
 
-# variant -> (launcher, states it touches, tensors it writes)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
+# columns, scalar arguments) when the update is elementwise given the step's global values)
 _VARIANTS = {
-    (): (_sps_max_launch, (), ("param",)),
+    (): (_sps_max_launch, (), ("param",), (_sps_max_multi_launch, ("param", "grad"), _sps_max_scalars)),
 }
 
 
@@ -431,6 +548,7 @@ class SPSMax(torch.optim.Optimizer):
         defaults = dict(lr=lr, c=c, f_star=f_star, eps=eps, max_lr=max_lr)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -449,6 +567,7 @@ class SPSMax(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("c", self.defaults["c"])
@@ -477,8 +596,10 @@ class SPSMax(torch.optim.Optimizer):
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
         if work and loss is None:
             raise RuntimeError("SPSMax reads the loss: call step(closure) with a closure that returns it, or step(loss=loss)")
-        totals = self._global_totals(work)
+        used = set()  # the launch tables of this step
+        totals = self._global_totals(work, used)
         device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
+        buckets = {}  # multi-tensor launch -> (rows, device inputs)
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = device_inputs.get((param.device, compute))
@@ -487,8 +608,42 @@ class SPSMax(torch.optim.Optimizer):
                 inputs["loss"] = torch.as_tensor(loss).detach().to(device=param.device, dtype=compute)
                 for name, total in totals.items():
                     inputs[name] = total.to(device=param.device, dtype=compute)
+            row = self._multi_tensor_row(param, grad, state, variant)
+            if row is not None:
+                launch, columns, scalars = variant[3]
+                key = (launch, columns, *_layout(row, columns), scalars(h))
+                buckets.setdefault(key, ([], inputs))[0].append(row)
+                continue
             self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+
+    def _multi_tensor_row(self, param, grad, state, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor or a strided one."""
+        if variant[3] is None or not _use_triton(param, self.backend):
+            return None
+        tensors = dict(state, param=param, grad=grad)
+        row = {name: _real(_local(tensors[name])) for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""
@@ -506,39 +661,49 @@ class SPSMax(torch.optim.Optimizer):
                 state[name] = _new_state(name, param, h)
         return param, grad, state, h, variant
 
-    def _global_totals(self, work):
+    def _global_totals(self, work, used):
         """Every global reduction over all parameters of this step (on the first one's device).
         Sharded parameters contribute their local shards, and the totals of parameters sharded over
         the same process groups are all-reduced once, so replicated values count once."""
-        buckets = {}  # process groups -> contributions of the parameters sharded over them
+        contributions = {}  # process groups -> contributions of the parameters sharded over them
+        launches = {}  # multi-tensor launch of Triton contributions -> rows
         for param, grad, state, h, _ in work:
             if h["numel"] == 0:
                 continue
-            param, grad = _real(_local(param)), _real(_local(grad))
+            groups = tuple(_groups(h))
             tensors = {name: _real(_local(t)) for name, t in state.items()
-                       if isinstance(t, torch.Tensor) and _local(t).shape == param.shape}
+                       if isinstance(t, torch.Tensor) and _local(t).shape == _local(param).shape}
+            param, grad = _real(_local(param)), _real(_local(grad))
             if param.numel() == 0:  # an empty shard: the rank still joins the all-reduce
                 contribution = torch.tensor([_NEUTRAL[f] for f in _GLOBALS.values()], dtype=torch.float64, device=param.device)
             elif _use_triton(param, self.backend):
-                contribution = _global_launch(param.contiguous(), grad.contiguous(), {n: t.contiguous() for n, t in tensors.items()}, h)
+                # Read only: a strided tensor contributes through a contiguous copy.
+                row = {name: t.contiguous() for name, t in dict(tensors, param=param, grad=grad).items()
+                       if name in _GLOBAL_COLUMNS}
+                launches.setdefault((groups, *_layout(row, _GLOBAL_COLUMNS), _sps_max_contribution_scalars(h)), []).append(row)
+                continue
             else:
                 compute = torch.float64 if param.dtype == torch.float64 else torch.float32
                 contribution = _global_reference(param.to(compute), grad.to(compute), {n: t.to(compute) for n, t in tensors.items()}, h)
-            buckets.setdefault(tuple(_groups(h)), []).append(contribution)
-        if not buckets:
+            contributions.setdefault(groups, []).append(contribution)
+        for (groups, device, dtypes, aligned, scalars), rows in launches.items():
+            contributions.setdefault(groups, []).append(self._multi_tensor_launch(
+                used, _sps_max_contributions_launch, _GLOBAL_COLUMNS, rows, device, dtypes, aligned, scalars))
+        if not contributions:
             return {}
-        device = next(iter(buckets.values()))[0].device
+        device = next(iter(contributions.values()))[0].device
         totals = None
-        for groups, contributions in buckets.items():
-            # Combined in float64, in parameter order: the same totals every run.
-            stacked = torch.stack([c.to(device=device) for c in contributions]).to(torch.float64)
+        for groups, parts in contributions.items():
+            # Combined in float64 in a fixed order (reference contributions in parameter order,
+            # then one per launch): the same totals every run.
+            stacked = torch.stack([c.to(device=device) for c in parts]).to(torch.float64)
             values = [getattr(stacked[:, index], finish)() for index, finish in enumerate(_GLOBALS.values())]
             values = _all_reduce(values, [_ACROSS_OP[f] for f in _GLOBALS.values()], list(groups))
             totals = values if totals is None else [_COMBINE_TOTALS[f](a, b) for f, a, b in zip(_GLOBALS.values(), totals, values)]
         return dict(zip(_GLOBALS, totals))
 
     def _apply(self, param, grad, state, h, variant, inputs):
-        launch, touched, writes = variant
+        launch, touched, writes, _ = variant
         if h["numel"] == 0:  # the global size: a rank whose shard is empty still joins the all-reduces
             return
         param, grad = _real(_local(param)), _real(_local(grad))

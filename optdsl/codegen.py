@@ -150,16 +150,19 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
                 used |= set(item.loads) | {g for g, _ in item.gathers} | set(item.uniforms)
         used |= set(view["state_locals"]) | set(plan_staged.device_outputs) | set(plan_staged.host_outputs)
         writes = list(plan_staged.final.stores) + list(plan_staged.device_outputs) + list(plan_staged.host_outputs)
+        multi = view["multi"]
+        multi_text = (f"({multi.launcher_name}, {_tuple_literal(multi.columns)}, {multi.scalars_name})"
+                      if multi else "None")
         for key in plan_staged.keys:
             touched = [s for s in checked.state_names if s in used or s in _state_reads(checked, key)]
-            variant_rows.append((key, view["launcher_name"], touched, writes))
+            variant_rows.append((key, view["launcher_name"], touched, writes, multi_text))
     for key in (k for kernel in plan.kernels for k in kernel.keys if not plan.staged):
         kernel = next(v for v in kernels if tuple(key) in v.plan.keys)
         # The reference runs the spec as written, so it also reads states the IR simplified away.
         read = _state_reads(checked, key)
         touched = [s for s in checked.state_names if s in kernel.tensors or s in read]
         writes = [t for t in kernel.plan.stores]
-        variant_rows.append((key, kernel.kernel_name, touched, writes))
+        variant_rows.append((key, kernel.kernel_name, touched, writes, None))
     variant_rows.sort(key=lambda row: [not b for b in row[0]])
 
     conditions = [host_printer.doprint(c) for c in plan.lowered.conditions]
@@ -278,6 +281,9 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         uses_loss=checked.uses_loss,
         host_states=checked.host_states,
         **staged,
+        multi_tensor=not plan.staged or staged["global_view"] is not None
+        or any(v["multi"] for v in staged["staged_variants"]),
+        multi_update=any(v["multi"] for v in staged["staged_variants"]),
         engine=_engine_layout(checked, condition_inputs, states, hypers) if not plan.staged else None,
         triton_helpers=triton_helpers,
         host_helpers=host_helpers,
@@ -491,7 +497,12 @@ class StagedKernelView:
     uses_cols: bool
 
 
-def _staged_kernel(block: KernelPlan, name: str, triton_printer, checked, state_pointer) -> StagedKernelView:
+def _pointer_dtype(tensor: str) -> str:
+    return f"{tensor}_ptr.dtype.element_ty"
+
+
+def _staged_kernel(block: KernelPlan, name: str, triton_printer, checked, state_pointer,
+                   store_dtype=_pointer_dtype) -> StagedKernelView:
     per_element = {sympy.Symbol(t, real=True) for t in block.loads} | {sym for sym, _ in block.body}
     per_element |= {sympy.Symbol(g, real=True) for g, _ in block.gathers}
     body = [(str(sym), triton_printer.doprint(expr)) for sym, expr in block.body]
@@ -524,7 +535,7 @@ def _staged_kernel(block: KernelPlan, name: str, triton_printer, checked, state_
             text = triton_printer.doprint(value)
             if not value.free_symbols & per_element:  # one value per tensor, stored into every element
                 text = f"{text} + tl.zeros((BLOCK_SIZE,), tl.float32)"
-            writes.append(f"tl.store({tensor}_ptr + offsets, ({text}).to({tensor}_ptr.dtype.element_ty), mask=mask)")
+            writes.append(f"tl.store({tensor}_ptr + offsets, ({text}).to({store_dtype(tensor)}), mask=mask)")
     return StagedKernelView(
         name, pointers, values, list(block.scalar_args), list(block.loads), list(block.gathers), list(block.uniforms),
         body, writes, partials, temps,
@@ -577,6 +588,39 @@ def _single_program_kernel(staged, name: str, triton_printer, state_pointer, uni
         name, pointers, [state_pointer(p) for p in pointers], list(dict.fromkeys(scalars)), loads, [], uniforms,
         body, writes, 0, 0, False, False,
     )
+
+
+@dataclass
+class MultiTensorView:
+    """A staged kernel over every tensor of a bucket (the table layout of multi_tensor.py.j2): the
+    kernel, its table columns (then the number of elements), the device values it reads once per
+    program, and the host side: what `scalars_name(h)` reads and computes to return the kernel's
+    scalar arguments (tensors whose arguments are equal share a launch)."""
+
+    kernel: StagedKernelView
+    columns: list[str]
+    uniforms: list[str]
+    launcher_name: str
+    scalars_name: str
+    host_inputs: list[str]
+    host_defs: list[tuple[str, str]]
+
+
+def _multi_tensor_view(block: KernelPlan, names: tuple[str, str, str], triton_printer, checked, host_inputs,
+                       host_defs) -> MultiTensorView:
+    """`names`: of the kernel, its launcher and its scalars function."""
+    columns = list(dict.fromkeys(block.loads + block.stores))
+    kernel = _staged_kernel(block, names[0], triton_printer, checked, lambda name: name,
+                            store_dtype=lambda tensor: f"DTYPES[{columns.index(tensor)}]")
+    return MultiTensorView(kernel, columns, list(block.uniforms), names[1], names[2], host_inputs, host_defs)
+
+
+def _updates_elementwise(staged, device_inputs) -> bool:
+    """A staged variant whose update is elementwise once the step's global totals and loss are
+    known: no per-tensor reduction pass, no row, column or scalar state, and no value read per row,
+    column or tensor other than those device inputs. It runs on the multi-tensor launch."""
+    return (not staged.passes and not staged.device_outputs and not staged.host_outputs
+            and not staged.final.gathers and set(staged.final.uniforms) <= set(device_inputs))
 
 
 def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
@@ -659,11 +703,16 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
             lines.append(f'state["{name}"].fill_({host_printer.doprint(staged.torch_block.outputs[f"_host_{name}"])})')
         device_states = [s for s in checked.state_names if state_kinds[s] in (ROW, COL, UNIFORM)]
         used = "\n".join(lines + [v for k in kernels for v in k.pointer_values])
+        inputs = launcher_inputs(blocks, host_defs)
+        printed_defs = [(str(sym), host_printer.doprint(expr)) for sym, expr in host_defs]
+        multi = None
+        if _updates_elementwise(staged, ["loss", *(str(r.symbol) for r in plan.global_reductions)]):
+            names = (f"{prefix}_multi_kernel{suffix}", f"{prefix}_multi_launch{suffix}", f"{prefix}_scalars{suffix}")
+            multi = _multi_tensor_view(staged.final, names, triton_printer, checked, inputs, printed_defs)
         state_locals = [s for s in device_states if re.search(rf"\b{s}\b", used)]
         views.append(dict(
             staged=staged, launcher_name=f"{prefix}_launch{suffix}", kernels=kernels,
-            host_inputs=launcher_inputs(blocks, host_defs),
-            host_defs=[(str(sym), host_printer.doprint(expr)) for sym, expr in host_defs],
+            host_inputs=inputs, host_defs=printed_defs, multi=multi,
             state_locals=state_locals,
             uses_loss=bool(re.search(r"\bloss\b", used)),
             globals=[str(r.symbol) for r in plan.global_reductions if re.search(rf"\b{r.symbol}\b", used)],
@@ -672,7 +721,12 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
     global_view = None
     if plan.global_pass is not None:
         block = plan.global_pass
-        kernel = _staged_kernel(block, f"{prefix}_global_kernel", triton_printer, checked, state_pointer)
+        if block.uniforms or block.gathers:
+            raise AssertionError("a global reduction's argument is per element: the checker admits no other")
+        host_defs = [(str(sym), host_printer.doprint(expr)) for sym, expr in block.host_defs]
+        names = (f"{prefix}_contributions_kernel", f"{prefix}_contributions_launch", f"{prefix}_contribution_scalars")
+        multi = _multi_tensor_view(block, names, triton_printer, checked, launcher_inputs([block], block.host_defs),
+                                   host_defs)
         torch_printer = TorchPrinter(set(plan.lowered.symbol_kinds))
         reference = [(str(sym), torch_printer.doprint(expr)) for sym, expr in block.body]
         finishes = []
@@ -680,12 +734,8 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
             finish = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin"}[step.op]
             finishes.append((str(step.symbol), step.op, _PARTIAL_FINISH[step.op],
                              f"{finish}({torch_printer.doprint(block.outputs[step.symbol.name])})"))
-        global_view = dict(
-            kernel=kernel, host_inputs=launcher_inputs([block], block.host_defs),
-            host_defs=[(str(sym), host_printer.doprint(expr)) for sym, expr in block.host_defs],
-            reference_body=reference, finishes=finishes,
-            state_locals=[s for s in checked.state_names if state_kinds[s] != ELEMENT and s in kernel.pointer_values],
-        )
+        global_view = dict(multi=multi, host_inputs=multi.host_inputs, host_defs=host_defs,
+                           reference_body=reference, finishes=finishes)
     return dict(staged_variants=views, global_view=global_view)
 
 

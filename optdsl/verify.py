@@ -291,7 +291,7 @@ def _interpretation_rows(spec, label, config, base, grads):
             for name in spec.checked.fresh_states:
                 h[f"fresh_{name}"] = name not in state
             key = module._variant(h)
-            _, touched, _ = module._VARIANTS[key]
+            touched = module._VARIANTS[key][1]
             tensors = {n: (state[n] if n in state else module._init_state(n, p, h)).double() for n in touched}
             items.append((p.detach(), g, tensors, h, key))
         inputs = {"loss": _loss_of(params)} if spec.uses_loss else {}
@@ -418,7 +418,7 @@ def _zero_grad_is_noop(spec, config) -> bool:
         h["step"] = float(step)
         for name in spec.checked.fresh_states:
             h[f"fresh_{name}"] = name not in state
-        _, touched, _ = module._VARIANTS[module._variant(h)]
+        touched = module._VARIANTS[module._variant(h)][1]
         for n in touched:
             state.setdefault(n, module._init_state(n, p, h).double())
         inputs = {"loss": _loss_of([p])} if spec.uses_loss else {}

@@ -19,7 +19,8 @@ from harness import make_grads, rel_error
 from records import ALL_RECORDS
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE_RECORDS = [r for r in ALL_RECORDS if hasattr(__import__(f"generated.{r.spec}", fromlist=["_"]), "_tensor_table")]
+ENGINE_RECORDS = [r for r in ALL_RECORDS
+                  if hasattr(__import__(f"generated.{r.spec}", fromlist=["_"]), "_kernel_hyperparameters")]
 STAGED_SPECS = sorted({r.spec for r in ALL_RECORDS} - {r.spec for r in ENGINE_RECORDS})
 
 # Awkward shapes in one group: one element, 0-dim, zero-size, a size that is no multiple of 16, two
@@ -90,7 +91,11 @@ def _counting_launches(module):
 
 
 def _module(record):
-    return __import__(f"generated.{record.spec}", fromlist=["_"])
+    return _module_of(record.spec)
+
+
+def _module_of(spec):
+    return __import__(f"generated.{spec}", fromlist=["_"])
 
 
 CASES = [pytest.param(r, c, id=f"{r.spec}-{i}") for r in ENGINE_RECORDS for i, c in enumerate(r.configs)]
@@ -383,11 +388,16 @@ def test_state_dtypes_survive_state_dict_and_both_backends_agree():
 
 
 def test_staged_specs_keep_per_tensor_launches():
-    # Reductions (clipping, trust ratios, Polyak steps) still launch per tensor: listed here so a
-    # change to that is deliberate.
+    # Specs with reductions run the staged runtime: global reductions and the variants that reduce
+    # nothing per tensor (tests/test_multi_tensor_staged.py) launch over many tensors at once, the
+    # rest per tensor. Listed here so a change to that is deliberate.
     assert STAGED_SPECS == sorted(["adafactor", "adamp", "adamw_clip_global", "adamw_clip_tensor", "agr_adamw",
                                    "agr_adan", "gc_adam", "gc_sgd", "lamb", "lars", "mars_adamw", "nadam", "sgdp",
                                    "sps", "sps_max", "sps_momentum"])
+    multi = sorted(spec for spec in STAGED_SPECS
+                   if any(row[3] is not None for row in _module_of(spec)._VARIANTS.values()))
+    assert multi == ["adamp", "adamw_clip_global", "gc_adam", "gc_sgd", "lars", "mars_adamw", "sgdp", "sps",
+                     "sps_max", "sps_momentum"]
 
 
 # ---------------------------------------------------------------------------------------------
