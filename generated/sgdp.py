@@ -1010,8 +1010,8 @@ class SGDP(torch.optim.Optimizer):
         empty tensor or a strided one."""
         if variant[3] is None or not _use_triton(param, self.backend):
             return None
-        tensors = dict(state, param=param, grad=grad)
-        row = {name: _real(_local(tensors[name])) for name in variant[3][1]}
+        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+               for name in variant[3][1]}
         if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
             return None
         return row

@@ -629,8 +629,8 @@ class SPS(torch.optim.Optimizer):
         empty tensor or a strided one."""
         if variant[3] is None or not _use_triton(param, self.backend):
             return None
-        tensors = dict(state, param=param, grad=grad)
-        row = {name: _real(_local(tensors[name])) for name in variant[3][1]}
+        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+               for name in variant[3][1]}
         if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
             return None
         return row
@@ -661,20 +661,20 @@ class SPS(torch.optim.Optimizer):
             if h["numel"] == 0:
                 continue
             groups = tuple(_groups(h))
-            tensors = {name: _real(_local(t)) for name, t in state.items()
-                       if isinstance(t, torch.Tensor) and _local(t).shape == _local(param).shape}
-            param, grad = _real(_local(param)), _real(_local(grad))
-            if param.numel() == 0:  # an empty shard: the rank still joins the all-reduce
+            local = _local(param)
+            if local.numel() == 0:  # an empty shard: the rank still joins the all-reduce
                 contribution = torch.tensor([_NEUTRAL[f] for f in _GLOBALS.values()], dtype=torch.float64, device=param.device)
-            elif _use_triton(param, self.backend):
+            elif _use_triton(_real(local), self.backend):
                 # Read only: a strided tensor contributes through a contiguous copy.
-                row = {name: t.contiguous() for name, t in dict(tensors, param=param, grad=grad).items()
-                       if name in _GLOBAL_COLUMNS}
+                row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name])).contiguous()
+                       for name in _GLOBAL_COLUMNS}
                 launches.setdefault((groups, *_layout(row, _GLOBAL_COLUMNS), _sps_contribution_scalars(h)), []).append(row)
                 continue
             else:
                 compute = torch.float64 if param.dtype == torch.float64 else torch.float32
-                contribution = _global_reference(param.to(compute), grad.to(compute), {n: t.to(compute) for n, t in tensors.items()}, h)
+                tensors = {name: _real(_local(t)).to(compute) for name, t in state.items()
+                           if isinstance(t, torch.Tensor) and _local(t).shape == local.shape}
+                contribution = _global_reference(_real(local).to(compute), _real(_local(grad)).to(compute), tensors, h)
             contributions.setdefault(groups, []).append(contribution)
         for (groups, device, dtypes, aligned, scalars), rows in launches.items():
             contributions.setdefault(groups, []).append(self._multi_tensor_launch(
