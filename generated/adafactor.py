@@ -465,7 +465,8 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True,): (_adafactor_launch_ndim_gt_1, ("row_var", "col_var"), ("param", "row_var", "col_var"), None),
     (False,): (_adafactor_launch_not_ndim_gt_1, ("variance",), ("param", "variance"), None),

@@ -831,12 +831,13 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True, True): (_adam_p_launch_nesterov_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),
-    (True, False): (_adam_p_launch_nesterov_not_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_p_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "exp_avg", "exp_avg_sq"), _adam_p_scalars_nesterov_not_ndim_gt_1)),
+    (True, False): (_adam_p_launch_nesterov_not_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_p_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "exp_avg", "exp_avg_sq"), _adam_p_scalars_nesterov_not_ndim_gt_1, None)),
     (False, True): (_adam_p_launch_not_nesterov_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),
-    (False, False): (_adam_p_launch_not_nesterov_not_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_p_multi_launch_not_nesterov_not_ndim_gt_1, ("param", "grad", "exp_avg", "exp_avg_sq"), _adam_p_scalars_not_nesterov_not_ndim_gt_1)),
+    (False, False): (_adam_p_launch_not_nesterov_not_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_p_multi_launch_not_nesterov_not_ndim_gt_1, ("param", "grad", "exp_avg", "exp_avg_sq"), _adam_p_scalars_not_nesterov_not_ndim_gt_1, None)),
 }
 
 
@@ -1058,7 +1059,7 @@ class AdamP(torch.optim.Optimizer):
             inputs = {}
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

@@ -591,10 +591,11 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
-    (True,): (_adam_w_clip_global_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_adam_w_clip_global_multi_launch_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _adam_w_clip_global_scalars_amsgrad)),
-    (False,): (_adam_w_clip_global_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_w_clip_global_multi_launch_not_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq"), _adam_w_clip_global_scalars_not_amsgrad)),
+    (True,): (_adam_w_clip_global_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_adam_w_clip_global_multi_launch_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _adam_w_clip_global_scalars_amsgrad, None)),
+    (False,): (_adam_w_clip_global_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_w_clip_global_multi_launch_not_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq"), _adam_w_clip_global_scalars_not_amsgrad, None)),
 }
 
 
@@ -813,7 +814,7 @@ class AdamWClipGlobal(torch.optim.Optimizer):
                     inputs[name] = total.to(device=param.device, dtype=compute)
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

@@ -444,7 +444,8 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True,): (_agr_adam_w_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), None),
     (False,): (_agr_adam_w_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),

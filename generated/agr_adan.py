@@ -461,7 +461,8 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True,): (_agr_adan_launch_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), None),
     (False,): (_agr_adan_launch_not_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), None),

@@ -1004,16 +1004,17 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True, True, True): (_gc_adam_launch_ndim_gt_1_decoupled_weight_decay_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), None),
     (True, True, False): (_gc_adam_launch_ndim_gt_1_decoupled_weight_decay_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),
     (True, False, True): (_gc_adam_launch_ndim_gt_1_not_decoupled_weight_decay_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), None),
     (True, False, False): (_gc_adam_launch_ndim_gt_1_not_decoupled_weight_decay_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),
-    (False, True, True): (_gc_adam_launch_not_ndim_gt_1_decoupled_weight_decay_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_decoupled_weight_decay_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_decoupled_weight_decay_amsgrad)),
-    (False, True, False): (_gc_adam_launch_not_ndim_gt_1_decoupled_weight_decay_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_decoupled_weight_decay_not_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_decoupled_weight_decay_not_amsgrad)),
-    (False, False, True): (_gc_adam_launch_not_ndim_gt_1_not_decoupled_weight_decay_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_not_decoupled_weight_decay_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_not_decoupled_weight_decay_amsgrad)),
-    (False, False, False): (_gc_adam_launch_not_ndim_gt_1_not_decoupled_weight_decay_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_not_decoupled_weight_decay_not_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_not_decoupled_weight_decay_not_amsgrad)),
+    (False, True, True): (_gc_adam_launch_not_ndim_gt_1_decoupled_weight_decay_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_decoupled_weight_decay_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_decoupled_weight_decay_amsgrad, None)),
+    (False, True, False): (_gc_adam_launch_not_ndim_gt_1_decoupled_weight_decay_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_decoupled_weight_decay_not_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_decoupled_weight_decay_not_amsgrad, None)),
+    (False, False, True): (_gc_adam_launch_not_ndim_gt_1_not_decoupled_weight_decay_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_not_decoupled_weight_decay_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_not_decoupled_weight_decay_amsgrad, None)),
+    (False, False, False): (_gc_adam_launch_not_ndim_gt_1_not_decoupled_weight_decay_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_gc_adam_multi_launch_not_ndim_gt_1_not_decoupled_weight_decay_not_amsgrad, ("param", "grad", "exp_avg", "exp_avg_sq"), _gc_adam_scalars_not_ndim_gt_1_not_decoupled_weight_decay_not_amsgrad, None)),
 }
 
 
@@ -1226,7 +1227,7 @@ class GCAdam(torch.optim.Optimizer):
             inputs = {}
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

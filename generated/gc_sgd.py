@@ -1320,7 +1320,8 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True, True, True, True): (_gcsgd_launch_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
     (True, True, True, False): (_gcsgd_launch_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
@@ -1330,14 +1331,14 @@ _VARIANTS = {
     (True, False, True, False): (_gcsgd_launch_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, (), ("param",), None),
     (True, False, False, True): (_gcsgd_launch_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, (), ("param",), None),
     (True, False, False, False): (_gcsgd_launch_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, (), ("param",), None),
-    (False, True, True, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov)),
-    (False, True, True, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov)),
-    (False, True, False, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov)),
-    (False, True, False, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov)),
-    (False, False, True, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov)),
-    (False, False, True, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov)),
-    (False, False, False, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov)),
-    (False, False, False, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov)),
+    (False, True, True, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, None)),
+    (False, True, True, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, None)),
+    (False, True, False, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, None)),
+    (False, True, False, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, None)),
+    (False, False, True, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, None)),
+    (False, False, True, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, None)),
+    (False, False, False, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, None)),
+    (False, False, False, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, None)),
 }
 
 
@@ -1535,7 +1536,7 @@ class GCSGD(torch.optim.Optimizer):
             inputs = {}
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

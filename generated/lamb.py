@@ -498,7 +498,8 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True,): (_lamb_launch_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), None),
     (False,): (_lamb_launch_not_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), None),

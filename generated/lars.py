@@ -904,16 +904,17 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True, True, True): (_lars_launch_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
     (True, True, False): (_lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
     (True, False, True): (_lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), None),
     (True, False, False): (_lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), None),
-    (False, True, True): (_lars_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_nesterov)),
-    (False, True, False): (_lars_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_not_nesterov)),
-    (False, False, True): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_nesterov)),
-    (False, False, False): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_not_nesterov)),
+    (False, True, True): (_lars_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_nesterov, None)),
+    (False, True, False): (_lars_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_not_nesterov, None)),
+    (False, False, True): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_nesterov, None)),
+    (False, False, False): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, None)),
 }
 
 
@@ -1119,7 +1120,7 @@ class LARS(torch.optim.Optimizer):
             inputs = {}
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

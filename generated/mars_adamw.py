@@ -539,10 +539,11 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True,): (_mars_adam_w_launch_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), None),
-    (False,): (_mars_adam_w_launch_not_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), (_mars_adam_w_multi_launch_not_optimize_1d_or_ndim_ge_2, ("param", "grad", "exp_avg", "exp_avg_sq", "last_grad"), _mars_adam_w_scalars_not_optimize_1d_or_ndim_ge_2)),
+    (False,): (_mars_adam_w_launch_not_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), (_mars_adam_w_multi_launch_not_optimize_1d_or_ndim_ge_2, ("param", "grad", "exp_avg", "exp_avg_sq", "last_grad"), _mars_adam_w_scalars_not_optimize_1d_or_ndim_ge_2, None)),
 }
 
 
@@ -785,7 +786,7 @@ class MARSAdamW(torch.optim.Optimizer):
             inputs = {}
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

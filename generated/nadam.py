@@ -84,6 +84,64 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
+    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
+    built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    return entry[3], entry[2]
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -294,6 +352,86 @@ def _n_adam_launch_decoupled_weight_decay(param, grad, state, h, inputs):
 
 
 @_jit
+def _n_adam_multi_kernel_decoupled_weight_decay(
+    tensors_ptr, chunks_ptr,
+    beta2, eps, c0, c1, c2, c3, c4, c5, c6,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 5 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 4)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq_new = beta2*exp_avg_sq + c1*grad * grad
+    g = c3*grad
+    exp_avg_new = c5*(-exp_avg + g) + exp_avg
+    denom = eps + tl.sqrt(c2*exp_avg_sq_new)
+    tmp0 = 1.0 / (denom)
+    tl.store(param_ptr + offsets, (c0*param + c4*grad*tmp0 + c6*exp_avg_new*tmp0).to(DTYPES[0]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
+
+
+def _n_adam_scalars_decoupled_weight_decay(h):
+    """The scalar arguments of _n_adam_multi_kernel_decoupled_weight_decay for a tensor with host
+    values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    eps = h["eps"]
+    weight_decay = h["weight_decay"]
+    momentum_decay = h["momentum_decay"]
+    maximize = h["maximize"]
+    step = h["step"]
+    mu_product = h["mu_product"]
+    h0 = 1 - _pow(0.96, momentum_decay*step)/2
+    h1 = beta1*h0
+    h2 = 1 - _pow(0.96, momentum_decay*(step + 1))/2
+    h3 = beta1*h2
+    h4 = (-1.0 if maximize else 1.0)
+    mu = h1
+    mu_next = h3
+    c0 = -lr*weight_decay + 1
+    c1 = 1 - beta2
+    c2 = 1 / (1 - _pow(beta2, step))
+    c3 = h4
+    c4 = -h4*lr*(1 - h1)/(-h1*mu_product + 1)
+    c5 = 1 - beta1
+    c6 = -h3*lr/(-beta1 ** 2*h0*h2*mu_product + 1)
+    c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
+    return (beta2, eps, c0, c1, c2, c3, c4, c5, c6)
+
+
+def _n_adam_host_states_decoupled_weight_decay(state, h):
+    """Write a tensor's host scalar states for its step in a multi-tensor launch."""
+    beta1 = h["beta1"]
+    momentum_decay = h["momentum_decay"]
+    step = h["step"]
+    mu_product = h["mu_product"]
+    c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
+    state["mu_product"].fill_(c0_2)
+
+
+def _n_adam_multi_launch_decoupled_weight_decay(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _n_adam_multi_kernel_decoupled_weight_decay over a bucket's tables."""
+    _n_adam_multi_kernel_decoupled_weight_decay[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
+@_jit
 def _n_adam_kernel_not_decoupled_weight_decay(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr,
     beta2, eps, weight_decay, c0, c1, c2, c3, c4, c5,
@@ -349,6 +487,86 @@ def _n_adam_launch_not_decoupled_weight_decay(param, grad, state, h, inputs):
     state["mu_product"].fill_(c0_2)
 
 
+@_jit
+def _n_adam_multi_kernel_not_decoupled_weight_decay(
+    tensors_ptr, chunks_ptr,
+    beta2, eps, weight_decay, c0, c1, c2, c3, c4, c5,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row_ptr = tensors_ptr + 5 * tl.load(chunk_ptr)
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 4)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    g = c0*grad
+    tmp0 = g + param*weight_decay
+    exp_avg_new = c4*(-exp_avg + tmp0) + exp_avg
+    g_2 = tmp0
+    exp_avg_sq_new = beta2*exp_avg_sq + c1*g_2 * g_2
+    denom = eps + tl.sqrt(c2*exp_avg_sq_new)
+    tmp1 = 1.0 / (denom)
+    tl.store(param_ptr + offsets, (c3*g_2*tmp1 + c5*exp_avg_new*tmp1 + param).to(DTYPES[0]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
+
+
+def _n_adam_scalars_not_decoupled_weight_decay(h):
+    """The scalar arguments of _n_adam_multi_kernel_not_decoupled_weight_decay for a tensor with
+    host values `h` (tensors with equal ones share a launch)."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    eps = h["eps"]
+    weight_decay = h["weight_decay"]
+    momentum_decay = h["momentum_decay"]
+    maximize = h["maximize"]
+    step = h["step"]
+    mu_product = h["mu_product"]
+    h0 = 1 - _pow(0.96, momentum_decay*step)/2
+    h1 = beta1*h0
+    h2 = 1 - _pow(0.96, momentum_decay*(step + 1))/2
+    h3 = beta1*h2
+    mu = h1
+    mu_next = h3
+    c0 = (-1.0 if maximize else 1.0)
+    c1 = 1 - beta2
+    c2 = 1 / (1 - _pow(beta2, step))
+    c3 = -lr*(1 - h1)/(-h1*mu_product + 1)
+    c4 = 1 - beta1
+    c5 = -h3*lr/(-beta1 ** 2*h0*h2*mu_product + 1)
+    c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
+    return (beta2, eps, weight_decay, c0, c1, c2, c3, c4, c5)
+
+
+def _n_adam_host_states_not_decoupled_weight_decay(state, h):
+    """Write a tensor's host scalar states for its step in a multi-tensor launch."""
+    beta1 = h["beta1"]
+    momentum_decay = h["momentum_decay"]
+    step = h["step"]
+    mu_product = h["mu_product"]
+    c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
+    state["mu_product"].fill_(c0_2)
+
+
+def _n_adam_multi_launch_not_decoupled_weight_decay(tensors, chunks, dtypes, aligned, scalars, inputs):
+    """One launch of _n_adam_multi_kernel_not_decoupled_weight_decay over a bucket's tables."""
+    _n_adam_multi_kernel_not_decoupled_weight_decay[(chunks.shape[0],)](
+        tensors, chunks, *scalars,
+        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
@@ -359,10 +577,11 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
-    (True,): (_n_adam_launch_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), None),
-    (False,): (_n_adam_launch_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), None),
+    (True,): (_n_adam_launch_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), _n_adam_scalars_decoupled_weight_decay, _n_adam_host_states_decoupled_weight_decay)),
+    (False,): (_n_adam_launch_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_not_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), _n_adam_scalars_not_decoupled_weight_decay, _n_adam_host_states_not_decoupled_weight_decay)),
 }
 
 
@@ -524,6 +743,7 @@ class NAdam(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -542,6 +762,7 @@ class NAdam(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("betas", self.defaults["betas"])
@@ -584,9 +805,48 @@ class NAdam(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        used = set()  # the launch tables of this step
+        buckets = {}  # multi-tensor launch -> (rows, device inputs)
         for param, grad, state, h, variant in work:
-            self._apply(param, grad, state, h, variant, {})
+            inputs = {}
+            row = self._multi_tensor_row(param, grad, state, variant)
+            if row is not None:
+                launch, columns, scalars, host_states = variant[3]
+                key = (launch, columns, *_layout(row, columns), scalars(h))
+                buckets.setdefault(key, ([], inputs))[0].append(row)
+                if host_states is not None:  # from h, which holds their values before this step
+                    host_states(state, h)
+                continue
+            self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+
+    def _multi_tensor_row(self, param, grad, state, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor or a strided one."""
+        if variant[3] is None or not _use_triton(param, self.backend):
+            return None
+        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+               for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""

@@ -758,12 +758,13 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
     (True, True): (_sgdp_launch_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), None),
-    (True, False): (_sgdp_launch_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_nesterov_not_ndim_gt_1)),
+    (True, False): (_sgdp_launch_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_nesterov_not_ndim_gt_1, None)),
     (False, True): (_sgdp_launch_not_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), None),
-    (False, False): (_sgdp_launch_not_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_not_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_not_nesterov_not_ndim_gt_1)),
+    (False, False): (_sgdp_launch_not_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_not_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_not_nesterov_not_ndim_gt_1, None)),
 }
 
 
@@ -981,7 +982,7 @@ class SGDP(torch.optim.Optimizer):
             inputs = {}
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

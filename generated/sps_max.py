@@ -410,9 +410,10 @@ def _variant(h):
 
 
 # variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments) when the update is elementwise given the step's global values)
+# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
+# global values)
 _VARIANTS = {
-    (): (_sps_max_launch, (), ("param",), (_sps_max_multi_launch, ("param", "grad"), _sps_max_scalars)),
+    (): (_sps_max_launch, (), ("param",), (_sps_max_multi_launch, ("param", "grad"), _sps_max_scalars, None)),
 }
 
 
@@ -610,7 +611,7 @@ class SPSMax(torch.optim.Optimizer):
                     inputs[name] = total.to(device=param.device, dtype=compute)
             row = self._multi_tensor_row(param, grad, state, variant)
             if row is not None:
-                launch, columns, scalars = variant[3]
+                launch, columns, scalars, host_states = variant[3]
                 key = (launch, columns, *_layout(row, columns), scalars(h))
                 buckets.setdefault(key, ([], inputs))[0].append(row)
                 continue

@@ -151,8 +151,8 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         used |= set(view["state_locals"]) | set(plan_staged.device_outputs) | set(plan_staged.host_outputs)
         writes = list(plan_staged.final.stores) + list(plan_staged.device_outputs) + list(plan_staged.host_outputs)
         multi = view["multi"]
-        multi_text = (f"({multi.launcher_name}, {_tuple_literal(multi.columns)}, {multi.scalars_name})"
-                      if multi else "None")
+        multi_text = (f"({multi.launcher_name}, {_tuple_literal(multi.columns)}, {multi.scalars_name}, "
+                      f"{multi.host_states_name})" if multi else "None")
         for key in plan_staged.keys:
             touched = [s for s in checked.state_names if s in used or s in _state_reads(checked, key)]
             variant_rows.append((key, view["launcher_name"], touched, writes, multi_text))
@@ -284,6 +284,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         multi_tensor=not plan.staged or staged["global_view"] is not None
         or any(v["multi"] for v in staged["staged_variants"]),
         multi_update=any(v["multi"] for v in staged["staged_variants"]),
+        multi_host_states=any(v["multi"] and v["multi"].host_states_name for v in staged["staged_variants"]),
         engine=_engine_layout(checked, condition_inputs, states, hypers) if not plan.staged else None,
         triton_helpers=triton_helpers,
         host_helpers=host_helpers,
@@ -595,7 +596,8 @@ class MultiTensorView:
     """A staged kernel over every tensor of a bucket (the table layout of multi_tensor.py.j2): the
     kernel, its table columns (then the number of elements), the device values it reads once per
     program, and the host side: what `scalars_name(h)` reads and computes to return the kernel's
-    scalar arguments (tensors whose arguments are equal share a launch)."""
+    scalar arguments (tensors whose arguments are equal share a launch), and the host scalar
+    states (NAdam's `mu_product`) written per tensor."""
 
     kernel: StagedKernelView
     columns: list[str]
@@ -604,6 +606,28 @@ class MultiTensorView:
     scalars_name: str
     host_inputs: list[str]
     host_defs: list[tuple[str, str]]
+    host_states_name: str | None = None  # function (state, h): writes the host scalar states
+    host_state_lines: list[str] = None
+
+    @property
+    def host_state_defs(self) -> list[tuple[str, str]]:
+        """The host definitions the host state lines need, in order."""
+        needed = _words(self.host_state_lines)
+        kept = []
+        for sym, value in reversed(self.host_defs):
+            if sym in needed:
+                kept.append((sym, value))
+                needed |= _words([value])
+        return kept[::-1]
+
+    @property
+    def host_state_inputs(self) -> list[str]:
+        needed = _words(self.host_state_lines + [value for _, value in self.host_state_defs])
+        return [name for name in self.host_inputs if name in needed]
+
+
+def _words(texts) -> set[str]:
+    return {word for text in texts for word in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", text)}
 
 
 def _multi_tensor_view(block: KernelPlan, names: tuple[str, str, str], triton_printer, checked, host_inputs,
@@ -617,9 +641,10 @@ def _multi_tensor_view(block: KernelPlan, names: tuple[str, str, str], triton_pr
 
 def _updates_elementwise(staged, device_inputs) -> bool:
     """A staged variant whose update is elementwise once the step's global totals and loss are
-    known: no per-tensor reduction pass, no row, column or scalar state, and no value read per row,
-    column or tensor other than those device inputs. It runs on the multi-tensor launch."""
-    return (not staged.passes and not staged.device_outputs and not staged.host_outputs
+    known: no per-tensor reduction pass, no row, column or device scalar state, and no value read
+    per row, column or tensor other than those device inputs (host scalar states are written per
+    tensor on the host). It runs on the multi-tensor launch."""
+    return (not staged.passes and not staged.device_outputs
             and not staged.final.gathers and set(staged.final.uniforms) <= set(device_inputs))
 
 
@@ -699,8 +724,9 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
                      "    # One program holds the whole tensor: reductions, update and per-tensor states in one launch.",
                      *(f"    {line}" for line in _launch_lines(single, "(1,)")),
                      "else:", *(f"    {line}" for line in lines)]
-        for name in staged.host_outputs:
-            lines.append(f'state["{name}"].fill_({host_printer.doprint(staged.torch_block.outputs[f"_host_{name}"])})')
+        host_state_lines = [f'state["{name}"].fill_({host_printer.doprint(staged.torch_block.outputs[f"_host_{name}"])})'
+                            for name in staged.host_outputs]
+        lines += host_state_lines
         device_states = [s for s in checked.state_names if state_kinds[s] in (ROW, COL, UNIFORM)]
         used = "\n".join(lines + [v for k in kernels for v in k.pointer_values])
         inputs = launcher_inputs(blocks, host_defs)
@@ -709,6 +735,9 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
         if _updates_elementwise(staged, ["loss", *(str(r.symbol) for r in plan.global_reductions)]):
             names = (f"{prefix}_multi_kernel{suffix}", f"{prefix}_multi_launch{suffix}", f"{prefix}_scalars{suffix}")
             multi = _multi_tensor_view(staged.final, names, triton_printer, checked, inputs, printed_defs)
+            if host_state_lines:
+                multi.host_states_name = f"{prefix}_host_states{suffix}"
+                multi.host_state_lines = host_state_lines
         state_locals = [s for s in device_states if re.search(rf"\b{s}\b", used)]
         views.append(dict(
             staged=staged, launcher_name=f"{prefix}_launch{suffix}", kernels=kernels,

@@ -396,8 +396,8 @@ def test_staged_specs_keep_per_tensor_launches():
                                    "sps", "sps_max", "sps_momentum"])
     multi = sorted(spec for spec in STAGED_SPECS
                    if any(row[3] is not None for row in _module_of(spec)._VARIANTS.values()))
-    assert multi == ["adamp", "adamw_clip_global", "gc_adam", "gc_sgd", "lars", "mars_adamw", "sgdp", "sps",
-                     "sps_max", "sps_momentum"]
+    assert multi == ["adamp", "adamw_clip_global", "gc_adam", "gc_sgd", "lars", "mars_adamw", "nadam", "sgdp",
+                     "sps", "sps_max", "sps_momentum"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 * A rule with per-tensor reductions, on tensors that fit one program (BLOCK_SIZE elements): one
   kernel per tensor as well (reductions, update and per-tensor state fused); on a larger tensor one
   kernel per reduction level plus the update. Tensors whose branch of the rule reduces nothing
-  (the 1-D branch of LARS or MARS) share one multi-tensor launch instead.
+  (the 1-D branch of LARS or MARS, every tensor of NAdam) share one multi-tensor launch instead.
 * A rule with per-row or per-column reductions: a reduce kernel and the update for the tensors
   that reduce that way (torch finishes the rows), one fused kernel for the others.
 * A rule with global reductions: one multi-tensor kernel computes every tensor's contribution,

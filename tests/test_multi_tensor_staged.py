@@ -2,8 +2,8 @@
 
 A spec with global reductions (clipping by the global norm, Polyak steps) computes every tensor's
 contribution in one launch per bucket, and a variant whose update is elementwise once the step's
-global values and loss are known (all of a global spec's, and e.g. the 1-D branch of GC-Adam or
-AdamP) updates all its tensors in one launch per bucket. A bucket: tensors with the same device,
+global values and loss are known (all of a global spec's and NAdam's, and e.g. the 1-D branch of
+GC-Adam or AdamP) updates all its tensors in one launch per bucket. A bucket: tensors with the same device,
 dtypes, 16-byte alignment and scalar arguments (so tensors at different step counts, or in groups
 with different hyperparameters, launch apart). Checked here: equal to the per-tensor reference
 with awkward shapes, mixed dtypes, strided and complex params and a group added mid-run; the
