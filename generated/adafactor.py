@@ -100,6 +100,65 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -251,6 +310,29 @@ def _finish_segments(temps, ops, overs, param, h):
         for i, value in zip(index, reduced):
             values[i] = value
     return values
+
+
+def _finish_tensors(partials, lengths, ops):
+    """The per-tensor results of a multi-tensor reduce kernel: column i of `partials` (one row per
+    program; a tensor's programs are consecutive, `lengths` of them) reduced with ops[i] over each
+    tensor's programs in a fixed order. One value per tensor, for each reduction."""
+    values = [None] * len(ops)
+    for op in dict.fromkeys(ops):
+        index = [i for i, o in enumerate(ops) if o == op]
+        columns = partials if len(index) == len(ops) else partials[:, index]
+        reduced = torch.segment_reduce(columns, op, lengths=lengths, axis=0, unsafe=True)  # unsafe: no host check
+        reduced = reduced.t().contiguous()  # kernels read value i of tensor `row` at offset `row`
+        for column, i in enumerate(index):
+            values[i] = reduced[column]
+    return values
+
+
+def _write_per_tensor(states, name, values):
+    """states[i][name] = values[i] for every tensor of a multi-tensor launch, in one op (a 0-dim
+    value: the same for all)."""
+    targets = [_local(state[name]) for state in states]
+    values = torch.as_tensor(values, device=targets[0].device)
+    torch._foreach_copy_(targets, list(values.expand(len(targets)).unbind(0) if values.dim() == 0 else values.unbind(0)))
 
 
 @_jit
@@ -455,6 +537,89 @@ def _adafactor_launch_not_ndim_gt_1(param, grad, state, h, inputs):
         _adafactor_kernel_not_ndim_gt_1[grid](param, grad, state["variance"], sum_2, sum_3, eps2, c0_2, c1, c2, c0, one_minus_beta2, c4, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
+@_jit
+def _adafactor_multi_reduce1_kernel_not_ndim_gt_1(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    c0, one_minus_beta2,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    variance_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    variance = tl.load(variance_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = grad * grad
+    v = one_minus_beta2*(tmp0 - variance) + variance
+    tl.store(partials_ptr + pid * 2 + 0, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 2 + 1, tl.sum(tl.where(mask, tmp0/tl.maximum(c0, v, propagate_nan=tl.PropagateNan.ALL), 0.0), axis=0))
+
+
+@_jit
+def _adafactor_multi_kernel_not_ndim_gt_1(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr,
+    eps2, c0_2, c1, c2, c0, one_minus_beta2, c4,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    variance_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    variance = tl.load(variance_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    variance_new = one_minus_beta2*(grad * grad - variance) + variance
+    tl.store(param_ptr + offsets, (c0_2*param + c4*grad*tl.maximum(eps2, tl.sqrt(c1*sum_2), propagate_nan=tl.PropagateNan.ALL)/(tl.maximum(1.0, c2*tl.sqrt(c1*sum_3), propagate_nan=tl.PropagateNan.ALL)*tl.sqrt(tl.maximum(c0, variance_new, propagate_nan=tl.PropagateNan.ALL)))).to(DTYPES[0]), mask=mask)
+    tl.store(variance_ptr + offsets, (variance_new).to(DTYPES[2]), mask=mask)
+
+
+def _adafactor_multi_launch_not_ndim_gt_1(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    beta2_decay = h["beta2_decay"]
+    eps1 = h["eps1"]
+    eps2 = h["eps2"]
+    eps1_is_none = h["eps1_is_none"]
+    d = h["d"]
+    weight_decay = h["weight_decay"]
+    maximize = h["maximize"]
+    step = h["step"]
+    numel = h["numel"]
+    machine_eps = h["machine_eps"]
+    c0 = (machine_eps ** 2 if eps1_is_none else eps1 ** 2)
+    one_minus_beta2 = _pow(step, beta2_decay)
+    rho = min(lr, 1 / _sqrt(step))
+    c0_2 = -lr*weight_decay + 1
+    c1 = 1 / numel
+    c2 = 1 / d
+    c4 = -rho*(-1.0 if maximize else 1.0)
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 2), device=tensors.device, dtype=torch.float32)
+    _adafactor_multi_reduce1_kernel_not_ndim_gt_1[grid](tensors, chunks, partials, c0, one_minus_beta2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3 = _finish_tensors(partials, lengths, ("sum", "sum"))
+    _adafactor_multi_kernel_not_ndim_gt_1[grid](tensors, chunks, sum_2, sum_3, eps2, c0_2, c1, c2, c0, one_minus_beta2, c4, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+
+
 # ---------------------------------------------------------------------------------------------
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
@@ -469,7 +634,7 @@ def _variant(h):
 # global values)
 _VARIANTS = {
     (True,): (_adafactor_launch_ndim_gt_1, ("row_var", "col_var"), ("param", "row_var", "col_var"), None),
-    (False,): (_adafactor_launch_not_ndim_gt_1, ("variance",), ("param", "variance"), None),
+    (False,): (_adafactor_launch_not_ndim_gt_1, ("variance",), ("param", "variance"), (_adafactor_multi_launch_not_ndim_gt_1, ("param", "grad", "variance"), ("lr", "beta2_decay", "eps1", "eps2", "eps1_is_none", "d", "weight_decay", "maximize", "step", "numel", "machine_eps"), None, True)),
 }
 
 
@@ -637,6 +802,7 @@ class Adafactor(torch.optim.Optimizer):
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, maximize=maximize)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -655,6 +821,7 @@ class Adafactor(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("beta2_decay", self.defaults["beta2_decay"])
@@ -682,9 +849,49 @@ class Adafactor(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        used = set()  # the launch tables of this step
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
-            self._apply(param, grad, state, h, variant, {})
+            inputs = {}
+            row = self._multi_tensor_row(param, grad, state, h, variant)
+            if row is not None:
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
+                continue
+            self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
+
+    def _multi_tensor_row(self, param, grad, state, h, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
+            return None
+        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+               for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""

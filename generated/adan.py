@@ -161,18 +161,18 @@ def _tensor_table(rows, device):
 
 def _chunk_table(sizes, device):
     """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
     counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
     row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
     first_chunk = torch.cumsum(counts, 0) - counts
     first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
 
 
 def _launch_tables(cache, key, rows, numel_column, device):
-    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
-    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
-    built for this launch only."""
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
     sizes = [row[numel_column] for row in rows]
     entry = cache.get(key) if key is not None else None
     if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
@@ -180,7 +180,8 @@ def _launch_tables(cache, key, rows, numel_column, device):
         entry = (rows, sizes, chunks, _tensor_table(rows, device))
         if key is not None:
             cache[key] = entry
-    return entry[3], entry[2]
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +212,8 @@ def _adan_kernel_fresh_previous_grad(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 10 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 10 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 8)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -279,7 +281,8 @@ def _adan_kernel_not_fresh_previous_grad(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 10 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 10 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 8)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -755,7 +758,7 @@ class Adan(torch.optim.Optimizer):
             hypers = self._hyperparameter_buffer(index, group, device)
             addresses = [[row[c].data_ptr() if c in row else 0 for c in ("param", "grad", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad", "step", "master_param")]
                          + [row["param"].numel(), *flags] for row, flags in rows]
-            tensors, chunks = _launch_tables(self._tables, (index, key) if cached else None, addresses,
+            tensors, chunks, _ = _launch_tables(self._tables, (index, key) if cached else None, addresses,
                                              8, device)
             used.add((index, key))
             kernel[(chunks.shape[0],)](

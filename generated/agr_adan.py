@@ -89,6 +89,65 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -242,6 +301,29 @@ def _finish_segments(temps, ops, overs, param, h):
     return values
 
 
+def _finish_tensors(partials, lengths, ops):
+    """The per-tensor results of a multi-tensor reduce kernel: column i of `partials` (one row per
+    program; a tensor's programs are consecutive, `lengths` of them) reduced with ops[i] over each
+    tensor's programs in a fixed order. One value per tensor, for each reduction."""
+    values = [None] * len(ops)
+    for op in dict.fromkeys(ops):
+        index = [i for i, o in enumerate(ops) if o == op]
+        columns = partials if len(index) == len(ops) else partials[:, index]
+        reduced = torch.segment_reduce(columns, op, lengths=lengths, axis=0, unsafe=True)  # unsafe: no host check
+        reduced = reduced.t().contiguous()  # kernels read value i of tensor `row` at offset `row`
+        for column, i in enumerate(index):
+            values[i] = reduced[column]
+    return values
+
+
+def _write_per_tensor(states, name, values):
+    """states[i][name] = values[i] for every tensor of a multi-tensor launch, in one op (a 0-dim
+    value: the same for all)."""
+    targets = [_local(state[name]) for state in states]
+    values = torch.as_tensor(values, device=targets[0].device)
+    torch._foreach_copy_(targets, list(values.expand(len(targets)).unbind(0) if values.dim() == 0 else values.unbind(0)))
+
+
 @_jit
 def _agr_adan_reduce1_kernel_fresh_previous_grad(
     grad_ptr, partials_ptr,
@@ -348,6 +430,92 @@ def _agr_adan_launch_fresh_previous_grad(param, grad, state, h, inputs):
 
 
 @_jit
+def _agr_adan_multi_reduce1_kernel_fresh_previous_grad(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 7 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(partials_ptr + pid * 1 + 0, tl.sum(tl.where(mask, tl.abs(grad), 0.0), axis=0))
+
+
+@_jit
+def _agr_adan_multi_kernel_fresh_previous_grad(
+    tensors_ptr, chunks_ptr, sum_2_ptr,
+    beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 7 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    param_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_diff_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 4, DTYPES[4], ALIGNED)
+    previous_grad_ptr = _address(row_ptr, 5, DTYPES[5], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_diff = tl.load(exp_avg_diff_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    tmp0 = grad * grad
+    tmp1 = 1.0 - tl.abs(grad)/sum_2
+    tmp2 = (sum_2 > 0.0)
+    exp_avg_diff_new = beta2*exp_avg_diff
+    exp_avg_sq_new = beta3*exp_avg_sq + c0*tl.where(tmp2, tmp0*tmp1 * tmp1, tmp0)
+    previous_grad_new = tl.where(tmp2, grad*tmp1, grad)
+    exp_avg_new = beta1*exp_avg + c2*previous_grad_new
+    denom = c1*tl.sqrt(exp_avg_sq_new) + eps
+    direction = c3*exp_avg_new + c4*exp_avg_diff
+    tl.store(param_ptr + offsets, (c6*(c5*direction/denom + param)).to(DTYPES[1]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_diff_ptr + offsets, (exp_avg_diff_new).to(DTYPES[3]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[4]), mask=mask)
+    tl.store(previous_grad_ptr + offsets, (previous_grad_new).to(DTYPES[5]), mask=mask)
+
+
+def _agr_adan_multi_launch_fresh_previous_grad(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    beta3 = h["beta3"]
+    eps = h["eps"]
+    weight_decay = h["weight_decay"]
+    step = h["step"]
+    c0 = 1 - beta3
+    c1 = 1 / _sqrt(1 - _pow(beta3, step))
+    c2 = 1 - beta1
+    c3 = 1 / (1 - _pow(beta1, step))
+    c4 = beta2 ** 2/(1 - _pow(beta2, step))
+    c5 = -lr
+    c6 = 1 / (lr*weight_decay + 1)
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 1), device=tensors.device, dtype=torch.float32)
+    _agr_adan_multi_reduce1_kernel_fresh_previous_grad[grid](tensors, chunks, partials, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, = _finish_tensors(partials, lengths, ("sum",))
+    _agr_adan_multi_kernel_fresh_previous_grad[grid](tensors, chunks, sum_2, beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+
+
+@_jit
 def _agr_adan_reduce1_kernel_not_fresh_previous_grad(
     grad_ptr, partials_ptr,
     n_elements, n_cols,
@@ -451,6 +619,92 @@ def _agr_adan_launch_not_fresh_previous_grad(param, grad, state, h, inputs):
         _agr_adan_kernel_not_fresh_previous_grad[grid](param, grad, state["exp_avg"], state["exp_avg_diff"], state["exp_avg_sq"], state["previous_grad"], sum_2, beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, c7, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
 
 
+@_jit
+def _agr_adan_multi_reduce1_kernel_not_fresh_previous_grad(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 7 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(partials_ptr + pid * 1 + 0, tl.sum(tl.where(mask, tl.abs(grad), 0.0), axis=0))
+
+
+@_jit
+def _agr_adan_multi_kernel_not_fresh_previous_grad(
+    tensors_ptr, chunks_ptr, sum_2_ptr,
+    beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, c7,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 7 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 6)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    param_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_diff_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 4, DTYPES[4], ALIGNED)
+    previous_grad_ptr = _address(row_ptr, 5, DTYPES[5], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_diff = tl.load(exp_avg_diff_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    previous_grad = tl.load(previous_grad_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    previous_grad_new = tl.where((sum_2 > 0.0), grad*(1.0 - tl.abs(grad)/sum_2), grad)
+    exp_avg_new = beta1*exp_avg + c2*previous_grad_new
+    diff = -previous_grad + previous_grad_new
+    exp_avg_diff_new = beta2*exp_avg_diff + c4*diff
+    exp_avg_sq_new = beta3*exp_avg_sq + c0*(beta2*diff + previous_grad_new) * (beta2*diff + previous_grad_new)
+    denom = c1*tl.sqrt(exp_avg_sq_new) + eps
+    direction = c3*exp_avg_new + c5*exp_avg_diff_new
+    tl.store(param_ptr + offsets, (c7*(c6*direction/denom + param)).to(DTYPES[1]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_diff_ptr + offsets, (exp_avg_diff_new).to(DTYPES[3]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[4]), mask=mask)
+    tl.store(previous_grad_ptr + offsets, (previous_grad_new).to(DTYPES[5]), mask=mask)
+
+
+def _agr_adan_multi_launch_not_fresh_previous_grad(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    beta3 = h["beta3"]
+    eps = h["eps"]
+    weight_decay = h["weight_decay"]
+    step = h["step"]
+    c0 = 1 - beta3
+    c1 = 1 / _sqrt(1 - _pow(beta3, step))
+    c2 = 1 - beta1
+    c3 = 1 / (1 - _pow(beta1, step))
+    c4 = 1 - beta2
+    c5 = beta2/(1 - _pow(beta2, step))
+    c6 = -lr
+    c7 = 1 / (lr*weight_decay + 1)
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 1), device=tensors.device, dtype=torch.float32)
+    _agr_adan_multi_reduce1_kernel_not_fresh_previous_grad[grid](tensors, chunks, partials, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, = _finish_tensors(partials, lengths, ("sum",))
+    _agr_adan_multi_kernel_not_fresh_previous_grad[grid](tensors, chunks, sum_2, beta1, beta2, beta3, eps, c0, c1, c2, c3, c4, c5, c6, c7, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+
+
 # ---------------------------------------------------------------------------------------------
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
@@ -464,8 +718,8 @@ def _variant(h):
 # columns, scalar arguments, host scalar states) when the update is elementwise given the step's
 # global values)
 _VARIANTS = {
-    (True,): (_agr_adan_launch_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), None),
-    (False,): (_agr_adan_launch_not_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), None),
+    (True,): (_agr_adan_launch_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), (_agr_adan_multi_launch_fresh_previous_grad, ("grad", "param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("lr", "beta1", "beta2", "beta3", "eps", "weight_decay", "step"), None, True)),
+    (False,): (_agr_adan_launch_not_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), (_agr_adan_multi_launch_not_fresh_previous_grad, ("grad", "param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("lr", "beta1", "beta2", "beta3", "eps", "weight_decay", "step"), None, True)),
 }
 
 
@@ -612,6 +866,7 @@ class AGRAdan(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -630,6 +885,7 @@ class AGRAdan(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("betas", self.defaults["betas"])
@@ -655,9 +911,49 @@ class AGRAdan(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        used = set()  # the launch tables of this step
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
-            self._apply(param, grad, state, h, variant, {})
+            inputs = {}
+            row = self._multi_tensor_row(param, grad, state, h, variant)
+            if row is not None:
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
+                continue
+            self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
+
+    def _multi_tensor_row(self, param, grad, state, h, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
+            return None
+        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+               for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""

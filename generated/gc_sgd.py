@@ -102,12 +102,12 @@ def _tensor_table(rows, device):
 
 def _chunk_table(sizes, device):
     """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
     counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
     row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
     first_chunk = torch.cumsum(counts, 0) - counts
     first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
 
 
 def _layout(row, columns):
@@ -119,9 +119,9 @@ def _layout(row, columns):
 
 
 def _launch_tables(cache, key, rows, numel_column, device):
-    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
-    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
-    built for this launch only."""
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
     sizes = [row[numel_column] for row in rows]
     entry = cache.get(key) if key is not None else None
     if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
@@ -129,7 +129,8 @@ def _launch_tables(cache, key, rows, numel_column, device):
         entry = (rows, sizes, chunks, _tensor_table(rows, device))
         if key is not None:
             cache[key] = entry
-    return entry[3], entry[2]
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -745,7 +746,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nester
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -763,25 +765,17 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nester
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov for a tensor
-    with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     momentum = h["momentum"]
     weight_decay = h["weight_decay"]
     maximize = h["maximize"]
     c0 = (-1.0 if maximize else 1.0)
     c1 = -lr
-    return (momentum, weight_decay, c0, c1)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov[grid](tensors, chunks, momentum, weight_decay, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -821,7 +815,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_ne
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -837,24 +832,16 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_ne
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     weight_decay = h["weight_decay"]
     maximize = h["maximize"]
     c0 = (-1.0 if maximize else 1.0)
     c1 = -lr
-    return (weight_decay, c0, c1)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov[grid](tensors, chunks, weight_decay, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -901,7 +888,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_ne
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -921,10 +909,9 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_ne
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     momentum = h["momentum"]
     dampening = h["dampening"]
@@ -933,15 +920,8 @@ def _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nestero
     c0 = (-1.0 if maximize else 1.0)
     c1 = 1 - dampening
     c2 = -lr
-    return (momentum, weight_decay, c0, c1, c2)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov[grid](tensors, chunks, momentum, weight_decay, c0, c1, c2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -986,7 +966,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_no
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -1004,10 +985,9 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_no
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     momentum = h["momentum"]
     dampening = h["dampening"]
@@ -1016,15 +996,8 @@ def _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nes
     c0 = (-1.0 if maximize else 1.0)
     c1 = 1 - dampening
     c2 = -lr
-    return (momentum, weight_decay, c0, c1, c2)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[grid](tensors, chunks, momentum, weight_decay, c0, c1, c2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -1063,7 +1036,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_ne
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 2)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -1077,24 +1051,16 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_ne
     tl.store(param_ptr + offsets, (c1*g + param).to(DTYPES[0]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     weight_decay = h["weight_decay"]
     maximize = h["maximize"]
     c0 = (-1.0 if maximize else 1.0)
     c1 = -lr
-    return (weight_decay, c0, c1)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov[grid](tensors, chunks, weight_decay, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -1133,7 +1099,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_no
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 2)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -1147,24 +1114,16 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_no
     tl.store(param_ptr + offsets, (c1*g + param).to(DTYPES[0]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     weight_decay = h["weight_decay"]
     maximize = h["maximize"]
     c0 = (-1.0 if maximize else 1.0)
     c1 = -lr
-    return (weight_decay, c0, c1)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov[grid](tensors, chunks, weight_decay, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -1203,7 +1162,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffe
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 2)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -1217,24 +1177,16 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffe
     tl.store(param_ptr + offsets, (c1*g + param).to(DTYPES[0]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     weight_decay = h["weight_decay"]
     maximize = h["maximize"]
     c0 = (-1.0 if maximize else 1.0)
     c1 = -lr
-    return (weight_decay, c0, c1)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov[grid](tensors, chunks, weight_decay, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -1273,7 +1225,8 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffe
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 2)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -1287,24 +1240,16 @@ def _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffe
     tl.store(param_ptr + offsets, (c1*g + param).to(DTYPES[0]), mask=mask)
 
 
-def _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov(h):
-    """The scalar arguments of
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov
-    for a tensor with host values `h` (tensors with equal ones share a launch)."""
+def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     weight_decay = h["weight_decay"]
     maximize = h["maximize"]
     c0 = (-1.0 if maximize else 1.0)
     c1 = -lr
-    return (weight_decay, c0, c1)
-
-
-def _gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov over a bucket's tables."""
-    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _gcsgd_multi_kernel_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov[grid](tensors, chunks, weight_decay, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1331,14 +1276,14 @@ _VARIANTS = {
     (True, False, True, False): (_gcsgd_launch_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, (), ("param",), None),
     (True, False, False, True): (_gcsgd_launch_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, (), ("param",), None),
     (True, False, False, False): (_gcsgd_launch_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, (), ("param",), None),
-    (False, True, True, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, None)),
-    (False, True, True, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, None)),
-    (False, True, False, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, None)),
-    (False, True, False, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), _gcsgd_scalars_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, None)),
-    (False, False, True, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, None)),
-    (False, False, True, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, None)),
-    (False, False, False, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, None)),
-    (False, False, False, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad"), _gcsgd_scalars_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, None)),
+    (False, True, True, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "weight_decay", "maximize"), None, False)),
+    (False, True, True, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "weight_decay", "maximize"), None, False)),
+    (False, True, False, True): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "dampening", "weight_decay", "maximize"), None, False)),
+    (False, True, False, False): (_gcsgd_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_gcsgd_multi_launch_not_ndim_gt_1_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "dampening", "weight_decay", "maximize"), None, False)),
+    (False, False, True, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_nesterov, ("param", "grad"), ("lr", "weight_decay", "maximize"), None, False)),
+    (False, False, True, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("param", "grad"), ("lr", "weight_decay", "maximize"), None, False)),
+    (False, False, False, True): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_nesterov, ("param", "grad"), ("lr", "weight_decay", "maximize"), None, False)),
+    (False, False, False, False): (_gcsgd_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, (), ("param",), (_gcsgd_multi_launch_not_ndim_gt_1_not_momentum_ne_0_not_fresh_momentum_buffer_not_nesterov, ("param", "grad"), ("lr", "weight_decay", "maximize"), None, False)),
 }
 
 
@@ -1531,23 +1476,25 @@ class GCSGD(torch.optim.Optimizer):
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
         used = set()  # the launch tables of this step
-        buckets = {}  # multi-tensor launch -> (rows, device inputs)
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
             inputs = {}
-            row = self._multi_tensor_row(param, grad, state, variant)
+            row = self._multi_tensor_row(param, grad, state, h, variant)
             if row is not None:
-                launch, columns, scalars, host_states = variant[3]
-                key = (launch, columns, *_layout(row, columns), scalars(h))
-                buckets.setdefault(key, ([], inputs))[0].append(row)
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
                 continue
             self._apply(param, grad, state, h, variant, inputs)
-        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
-            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
         for key in set(self._tables) - used:
             del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
 
-    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
         """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
         launch tables cached across steps; returns what it returns."""
         addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
@@ -1555,15 +1502,16 @@ class GCSGD(torch.optim.Optimizer):
         # told apart by their order: a key that survives new gradient storage every step.
         kind = (launch.__name__, device, dtypes, aligned)
         key = (*kind, sum(1 for k in used if k[:4] == kind))
-        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
         used.add(key)
-        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
 
-    def _multi_tensor_row(self, param, grad, state, variant):
+    def _multi_tensor_row(self, param, grad, state, h, variant):
         """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
         or None where it steps alone: a variant without the launch, the reference backend, an
-        empty tensor or a strided one."""
-        if variant[3] is None or not _use_triton(param, self.backend):
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
         row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
                for name in variant[3][1]}

@@ -86,6 +86,65 @@ def _reference(param, grad, state, h, inputs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-tensor launches: one program per BLOCK_SIZE chunk of any tensor of a table. A launch
+# reads two tables in device memory: one row per tensor (the addresses of its parameter, gradient
+# and states, its number of elements, flags) and one row per program (its tensor row and first
+# element). Both are cached and rebuilt only when a storage moves or a size changes.
+
+
+@_jit
+def _address(row_ptr, column, dtype: tl.constexpr, ALIGNED: tl.constexpr):
+    """The address in `column` of a tensor table row, as a pointer to `dtype`."""
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(dtype))
+    if ALIGNED:  # every tensor of the launch starts on a 16-byte boundary: vector loads and stores
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+def _tl_dtype(dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
+            torch.float64: tl.float64}[dtype]
+
+
+def _tensor_table(rows, device):
+    """The tensor table of one launch: one row of addresses, size and flags per tensor."""
+    return torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)  # no device sync
+
+
+def _chunk_table(sizes, device):
+    """The chunk table of one launch: for each program, its row of the tensor table and the first
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
+    counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+    first_chunk = torch.cumsum(counts, 0) - counts
+    first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
+
+
+def _layout(row, columns):
+    """What the tensors of one launch share: the device, the dtype of each column, and whether every
+    address is 16-byte aligned and the size a multiple of 16 (vector loads and stores)."""
+    first = row[columns[0]]
+    aligned = first.numel() % 16 == 0 and all(row[c].data_ptr() % 16 == 0 for c in columns)
+    return first.device, tuple(row[c].dtype for c in columns), aligned
+
+
+def _launch_tables(cache, key, rows, numel_column, device):
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
+    sizes = [row[numel_column] for row in rows]
+    entry = cache.get(key) if key is not None else None
+    if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
+        chunks = entry[2] if entry is not None and entry[1] == sizes else _chunk_table(sizes, device)
+        entry = (rows, sizes, chunks, _tensor_table(rows, device))
+        if key is not None:
+            cache[key] = entry
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
+
+
+# ---------------------------------------------------------------------------------------------
 # Triton kernels. A step with reductions runs as passes over the tensor: each reduce kernel
 # writes one partial result per program (or, for per-row/column reductions, the reduced values),
 # which torch finishes in a fixed order, so results are deterministic and stay on the device.
@@ -239,6 +298,29 @@ def _finish_segments(temps, ops, overs, param, h):
     return values
 
 
+def _finish_tensors(partials, lengths, ops):
+    """The per-tensor results of a multi-tensor reduce kernel: column i of `partials` (one row per
+    program; a tensor's programs are consecutive, `lengths` of them) reduced with ops[i] over each
+    tensor's programs in a fixed order. One value per tensor, for each reduction."""
+    values = [None] * len(ops)
+    for op in dict.fromkeys(ops):
+        index = [i for i, o in enumerate(ops) if o == op]
+        columns = partials if len(index) == len(ops) else partials[:, index]
+        reduced = torch.segment_reduce(columns, op, lengths=lengths, axis=0, unsafe=True)  # unsafe: no host check
+        reduced = reduced.t().contiguous()  # kernels read value i of tensor `row` at offset `row`
+        for column, i in enumerate(index):
+            values[i] = reduced[column]
+    return values
+
+
+def _write_per_tensor(states, name, values):
+    """states[i][name] = values[i] for every tensor of a multi-tensor launch, in one op (a 0-dim
+    value: the same for all)."""
+    targets = [_local(state[name]) for state in states]
+    values = torch.as_tensor(values, device=targets[0].device)
+    torch._foreach_copy_(targets, list(values.expand(len(targets)).unbind(0) if values.dim() == 0 else values.unbind(0)))
+
+
 @_jit
 def _lamb_reduce1_kernel_grad_averaging(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, partials_ptr,
@@ -365,6 +447,107 @@ def _lamb_launch_grad_averaging(param, grad, state, h, inputs):
 
 
 @_jit
+def _lamb_multi_reduce1_kernel_grad_averaging(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    beta1, beta2, weight_decay, eps, c0, c1, c2, c3,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 5 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 4)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = param*weight_decay
+    tmp1 = beta1*exp_avg
+    tmp2 = 1.0 / (eps + tl.sqrt(beta2*exp_avg_sq + c0*grad * grad))
+    u = tmp0 + tmp2*(c3*grad + tmp1)
+    tl.store(partials_ptr + pid * 4 + 0, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 1, tl.sum(tl.where(mask, (tmp0 + tmp2*(c1*grad + tmp1)) * (tmp0 + tmp2*(c1*grad + tmp1)), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 2, tl.sum(tl.where(mask, (tmp0 + tmp2*(c2*grad + tmp1)) * (tmp0 + tmp2*(c2*grad + tmp1)), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 3, tl.sum(tl.where(mask, u * u, 0.0), axis=0))
+
+
+@_jit
+def _lamb_multi_kernel_grad_averaging(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr, sum_4_ptr, sum_5_ptr,
+    beta1, beta2, weight_decay, eps, maximize, c0, c1_2, c2_2,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 5 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 4)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    sum_4 = tl.load(sum_4_ptr + row).to(tl.float32)
+    sum_5 = tl.load(sum_5_ptr + row).to(tl.float32)
+    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
+    tmp1_2 = (tmp0_2 == 0.0)
+    exp_avg_new = beta1*exp_avg + c1_2*grad
+    exp_avg_sq_new = beta2*exp_avg_sq + c0*grad * grad
+    u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
+    tl.store(param_ptr + offsets, (c2_2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(DTYPES[0]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
+
+
+def _lamb_multi_launch_grad_averaging(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    weight_decay = h["weight_decay"]
+    eps = h["eps"]
+    maximize = h["maximize"]
+    step = h["step"]
+    h0 = beta1 - 1
+    h1 = -h0
+    c0 = 1 - beta2
+    c1 = h0
+    c2 = h1
+    c3 = h1*(-1.0 if maximize else 1.0)
+    c1_2 = (1 - beta1)*(-1.0 if maximize else 1.0)
+    c2_2 = -lr/(1 - _pow(beta1, step))
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 4), device=tensors.device, dtype=torch.float32)
+    _lamb_multi_reduce1_kernel_grad_averaging[grid](tensors, chunks, partials, beta1, beta2, weight_decay, eps, c0, c1, c2, c3, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3, sum_4, sum_5 = _finish_tensors(partials, lengths, ("sum", "sum", "sum", "sum"))
+    _lamb_multi_kernel_grad_averaging[grid](tensors, chunks, sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1_2, c2_2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    _shared0 = torch.clamp(torch.sqrt(sum_2), max=10.0)
+    _shared1 = torch.sqrt(sum_5)
+    _shared2 = (_shared0 == 0)
+    _write_per_tensor(states, "weight_norm", _shared0)
+    _write_per_tensor(states, "adam_norm", _shared1)
+    _write_per_tensor(states, "trust_ratio", torch.where(((_shared2 | (torch.sqrt(sum_3) == 0)) if maximize else (_shared2 | (torch.sqrt(sum_4) == 0))), 1, _shared0/(_shared1 + eps)))
+
+
+@_jit
 def _lamb_reduce1_kernel_not_grad_averaging(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, partials_ptr,
     beta1, beta2, weight_decay, eps, c0, c1,
@@ -488,6 +671,104 @@ def _lamb_launch_not_grad_averaging(param, grad, state, h, inputs):
         state["trust_ratio"].copy_(new_trust_ratio)
 
 
+@_jit
+def _lamb_multi_reduce1_kernel_not_grad_averaging(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    beta1, beta2, weight_decay, eps, c0, c1,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 5 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 4)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = param*weight_decay
+    tmp1 = beta1*exp_avg
+    tmp2 = 1.0 / (eps + tl.sqrt(beta2*exp_avg_sq + c0*grad * grad))
+    g = c1*grad
+    u = tmp0 + tmp2*(g + tmp1)
+    tl.store(partials_ptr + pid * 4 + 0, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 1, tl.sum(tl.where(mask, (tmp0 + tmp2*(-grad + tmp1)) * (tmp0 + tmp2*(-grad + tmp1)), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 2, tl.sum(tl.where(mask, (tmp0 + tmp2*(grad + tmp1)) * (tmp0 + tmp2*(grad + tmp1)), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 4 + 3, tl.sum(tl.where(mask, u * u, 0.0), axis=0))
+
+
+@_jit
+def _lamb_multi_kernel_not_grad_averaging(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr, sum_4_ptr, sum_5_ptr,
+    beta1, beta2, weight_decay, eps, maximize, c0, c1, c2,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 5 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 4)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    sum_4 = tl.load(sum_4_ptr + row).to(tl.float32)
+    sum_5 = tl.load(sum_5_ptr + row).to(tl.float32)
+    tmp0_2 = tl.minimum(10.0, tl.sqrt(sum_2), propagate_nan=tl.PropagateNan.ALL)
+    tmp1_2 = (tmp0_2 == 0.0)
+    exp_avg_sq_new = beta2*exp_avg_sq + c0*grad * grad
+    g_2 = c1*grad
+    exp_avg_new = beta1*exp_avg + g_2
+    u_2 = exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param*weight_decay
+    tl.store(param_ptr + offsets, (c2*u_2*tl.where(((maximize & (tmp1_2 | (tl.sqrt(sum_3) == 0.0))) | ((~maximize) & (tmp1_2 | (tl.sqrt(sum_4) == 0.0)))), 1.0, tmp0_2/(eps + tl.sqrt(sum_5))) + param).to(DTYPES[0]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
+
+
+def _lamb_multi_launch_not_grad_averaging(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    weight_decay = h["weight_decay"]
+    eps = h["eps"]
+    maximize = h["maximize"]
+    step = h["step"]
+    c0 = 1 - beta2
+    c1 = (-1.0 if maximize else 1.0)
+    c2 = -lr/(1 - _pow(beta1, step))
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 4), device=tensors.device, dtype=torch.float32)
+    _lamb_multi_reduce1_kernel_not_grad_averaging[grid](tensors, chunks, partials, beta1, beta2, weight_decay, eps, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3, sum_4, sum_5 = _finish_tensors(partials, lengths, ("sum", "sum", "sum", "sum"))
+    _lamb_multi_kernel_not_grad_averaging[grid](tensors, chunks, sum_2, sum_3, sum_4, sum_5, beta1, beta2, weight_decay, eps, maximize, c0, c1, c2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    _shared0 = torch.clamp(torch.sqrt(sum_2), max=10.0)
+    _shared1 = torch.sqrt(sum_5)
+    _shared2 = (_shared0 == 0)
+    _write_per_tensor(states, "weight_norm", _shared0)
+    _write_per_tensor(states, "adam_norm", _shared1)
+    _write_per_tensor(states, "trust_ratio", torch.where(((_shared2 | (torch.sqrt(sum_3) == 0)) if maximize else (_shared2 | (torch.sqrt(sum_4) == 0))), 1, _shared0/(_shared1 + eps)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
 
@@ -501,8 +782,8 @@ def _variant(h):
 # columns, scalar arguments, host scalar states) when the update is elementwise given the step's
 # global values)
 _VARIANTS = {
-    (True,): (_lamb_launch_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), None),
-    (False,): (_lamb_launch_not_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), None),
+    (True,): (_lamb_launch_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), (_lamb_multi_launch_grad_averaging, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "weight_decay", "eps", "maximize", "step"), None, True)),
+    (False,): (_lamb_launch_not_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), (_lamb_multi_launch_not_grad_averaging, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "weight_decay", "eps", "maximize", "step"), None, True)),
 }
 
 
@@ -662,6 +943,7 @@ class Lamb(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, grad_averaging=grad_averaging, eps=eps, maximize=maximize)
         _validate(defaults)
         self.backend = backend
+        self._tables = {}  # multi-tensor launch -> (rows, sizes, chunk table, tensor table)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -680,6 +962,7 @@ class Lamb(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         self.__dict__.setdefault("backend", "auto")
+        self._tables = {}  # device tables are rebuilt on the next step
         for group in self.param_groups:
             group.setdefault("lr", self.defaults["lr"])
             group.setdefault("betas", self.defaults["betas"])
@@ -707,9 +990,49 @@ class Lamb(torch.optim.Optimizer):
             for param in group["params"]:
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
+        used = set()  # the launch tables of this step
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
-            self._apply(param, grad, state, h, variant, {})
+            inputs = {}
+            row = self._multi_tensor_row(param, grad, state, h, variant)
+            if row is not None:
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
+                continue
+            self._apply(param, grad, state, h, variant, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
+        for key in set(self._tables) - used:
+            del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
+
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
+        """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
+        launch tables cached across steps; returns what it returns."""
+        addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
+        # Launches alike but for their scalars (tensors at different steps) or process groups are
+        # told apart by their order: a key that survives new gradient storage every step.
+        kind = (launch.__name__, device, dtypes, aligned)
+        key = (*kind, sum(1 for k in used if k[:4] == kind))
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
+        used.add(key)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
+
+    def _multi_tensor_row(self, param, grad, state, h, variant):
+        """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
+        or None where it steps alone: a variant without the launch, the reference backend, an
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
+            return None
+        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+               for name in variant[3][1]}
+        if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
+            return None
+        return row
 
     def _prepare(self, param, grad, state, hyperparameters):
         """Count the step, create missing state and gather the host scalars of one tensor."""

@@ -102,12 +102,12 @@ def _tensor_table(rows, device):
 
 def _chunk_table(sizes, device):
     """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
     counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
     row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
     first_chunk = torch.cumsum(counts, 0) - counts
     first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
 
 
 def _layout(row, columns):
@@ -119,9 +119,9 @@ def _layout(row, columns):
 
 
 def _launch_tables(cache, key, rows, numel_column, device):
-    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
-    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
-    built for this launch only."""
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
     sizes = [row[numel_column] for row in rows]
     entry = cache.get(key) if key is not None else None
     if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
@@ -129,7 +129,8 @@ def _launch_tables(cache, key, rows, numel_column, device):
         entry = (rows, sizes, chunks, _tensor_table(rows, device))
         if key is not None:
             cache[key] = entry
-    return entry[3], entry[2]
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +287,29 @@ def _finish_segments(temps, ops, overs, param, h):
     return values
 
 
+def _finish_tensors(partials, lengths, ops):
+    """The per-tensor results of a multi-tensor reduce kernel: column i of `partials` (one row per
+    program; a tensor's programs are consecutive, `lengths` of them) reduced with ops[i] over each
+    tensor's programs in a fixed order. One value per tensor, for each reduction."""
+    values = [None] * len(ops)
+    for op in dict.fromkeys(ops):
+        index = [i for i, o in enumerate(ops) if o == op]
+        columns = partials if len(index) == len(ops) else partials[:, index]
+        reduced = torch.segment_reduce(columns, op, lengths=lengths, axis=0, unsafe=True)  # unsafe: no host check
+        reduced = reduced.t().contiguous()  # kernels read value i of tensor `row` at offset `row`
+        for column, i in enumerate(index):
+            values[i] = reduced[column]
+    return values
+
+
+def _write_per_tensor(states, name, values):
+    """states[i][name] = values[i] for every tensor of a multi-tensor launch, in one op (a 0-dim
+    value: the same for all)."""
+    targets = [_local(state[name]) for state in states]
+    values = torch.as_tensor(values, device=targets[0].device)
+    torch._foreach_copy_(targets, list(values.expand(len(targets)).unbind(0) if values.dim() == 0 else values.unbind(0)))
+
+
 @_jit
 def _lars_reduce1_kernel_ndim_gt_1_momentum_gt_0_nesterov(
     param_ptr, grad_ptr, partials_ptr,
@@ -373,6 +397,79 @@ def _lars_launch_ndim_gt_1_momentum_gt_0_nesterov(param, grad, state, h, inputs)
 
 
 @_jit
+def _lars_multi_reduce1_kernel_ndim_gt_1_momentum_gt_0_nesterov(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(partials_ptr + pid * 2 + 0, tl.sum(tl.where(mask, grad * grad, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 2 + 1, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+
+
+@_jit
+def _lars_multi_kernel_ndim_gt_1_momentum_gt_0_nesterov(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr,
+    weight_decay, momentum, trust_coefficient, c0, c1, c2,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    tmp0 = (g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0)
+    momentum_buffer_new = c1*tmp0 + momentum*momentum_buffer
+    tl.store(param_ptr + offsets, (c2*(momentum*momentum_buffer_new + tmp0) + param).to(DTYPES[0]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
+
+
+def _lars_multi_launch_ndim_gt_1_momentum_gt_0_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    weight_decay = h["weight_decay"]
+    momentum = h["momentum"]
+    dampening = h["dampening"]
+    trust_coefficient = h["trust_coefficient"]
+    maximize = h["maximize"]
+    c0 = (-1.0 if maximize else 1.0)
+    c1 = 1 - dampening
+    c2 = -lr
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 2), device=tensors.device, dtype=torch.float32)
+    _lars_multi_reduce1_kernel_ndim_gt_1_momentum_gt_0_nesterov[grid](tensors, chunks, partials, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3 = _finish_tensors(partials, lengths, ("sum", "sum"))
+    _lars_multi_kernel_ndim_gt_1_momentum_gt_0_nesterov[grid](tensors, chunks, sum_2, sum_3, weight_decay, momentum, trust_coefficient, c0, c1, c2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+
+
+@_jit
 def _lars_reduce1_kernel_ndim_gt_1_momentum_gt_0_not_nesterov(
     param_ptr, grad_ptr, partials_ptr,
     n_elements, n_cols,
@@ -457,6 +554,78 @@ def _lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov(param, grad, state, h, inp
 
 
 @_jit
+def _lars_multi_reduce1_kernel_ndim_gt_1_momentum_gt_0_not_nesterov(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(partials_ptr + pid * 2 + 0, tl.sum(tl.where(mask, grad * grad, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 2 + 1, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+
+
+@_jit
+def _lars_multi_kernel_ndim_gt_1_momentum_gt_0_not_nesterov(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr,
+    weight_decay, momentum, trust_coefficient, c0, c1, c2,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 3)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    momentum_buffer_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    momentum_buffer = tl.load(momentum_buffer_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    momentum_buffer_new = c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + momentum*momentum_buffer
+    tl.store(param_ptr + offsets, (c2*momentum_buffer_new + param).to(DTYPES[0]), mask=mask)
+    tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
+
+
+def _lars_multi_launch_ndim_gt_1_momentum_gt_0_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    weight_decay = h["weight_decay"]
+    momentum = h["momentum"]
+    dampening = h["dampening"]
+    trust_coefficient = h["trust_coefficient"]
+    maximize = h["maximize"]
+    c0 = (-1.0 if maximize else 1.0)
+    c1 = 1 - dampening
+    c2 = -lr
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 2), device=tensors.device, dtype=torch.float32)
+    _lars_multi_reduce1_kernel_ndim_gt_1_momentum_gt_0_not_nesterov[grid](tensors, chunks, partials, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3 = _finish_tensors(partials, lengths, ("sum", "sum"))
+    _lars_multi_kernel_ndim_gt_1_momentum_gt_0_not_nesterov[grid](tensors, chunks, sum_2, sum_3, weight_decay, momentum, trust_coefficient, c0, c1, c2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+
+
+@_jit
 def _lars_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_nesterov(
     param_ptr, grad_ptr, partials_ptr,
     n_elements, n_cols,
@@ -529,6 +698,71 @@ def _lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov(param, grad, state, h, inp
         _lars_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](param, grad, partials, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
         sum_2, sum_3 = _finish(partials, ("sum", "sum"), h)
         _lars_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](param, grad, sum_2, sum_3, weight_decay, trust_coefficient, c0, c1, n_elements, n_cols, BLOCK_SIZE=BLOCK_SIZE)
+
+
+@_jit
+def _lars_multi_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_nesterov(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 2)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(partials_ptr + pid * 2 + 0, tl.sum(tl.where(mask, grad * grad, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 2 + 1, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+
+
+@_jit
+def _lars_multi_kernel_ndim_gt_1_not_momentum_gt_0_nesterov(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr,
+    weight_decay, trust_coefficient, c0, c1,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 2)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    tl.store(param_ptr + offsets, (c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + param).to(DTYPES[0]), mask=mask)
+
+
+def _lars_multi_launch_ndim_gt_1_not_momentum_gt_0_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    weight_decay = h["weight_decay"]
+    trust_coefficient = h["trust_coefficient"]
+    maximize = h["maximize"]
+    c0 = (-1.0 if maximize else 1.0)
+    c1 = -lr
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 2), device=tensors.device, dtype=torch.float32)
+    _lars_multi_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](tensors, chunks, partials, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3 = _finish_tensors(partials, lengths, ("sum", "sum"))
+    _lars_multi_kernel_ndim_gt_1_not_momentum_gt_0_nesterov[grid](tensors, chunks, sum_2, sum_3, weight_decay, trust_coefficient, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -607,6 +841,71 @@ def _lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov(param, grad, state, h,
 
 
 @_jit
+def _lars_multi_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 2)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    tl.store(partials_ptr + pid * 2 + 0, tl.sum(tl.where(mask, grad * grad, 0.0), axis=0))
+    tl.store(partials_ptr + pid * 2 + 1, tl.sum(tl.where(mask, param * param, 0.0), axis=0))
+
+
+@_jit
+def _lars_multi_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr,
+    weight_decay, trust_coefficient, c0, c1,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 2)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    g = c0*grad
+    param_norm = tl.sqrt(sum_3)
+    denominator = param_norm*weight_decay + tl.sqrt(sum_2)
+    tl.store(param_ptr + offsets, (c1*(g + param*weight_decay)*tl.where(((denominator > 0.0) & (param_norm > 0.0)), param_norm*trust_coefficient/denominator, 1.0) + param).to(DTYPES[0]), mask=mask)
+
+
+def _lars_multi_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    weight_decay = h["weight_decay"]
+    trust_coefficient = h["trust_coefficient"]
+    maximize = h["maximize"]
+    c0 = (-1.0 if maximize else 1.0)
+    c1 = -lr
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 2), device=tensors.device, dtype=torch.float32)
+    _lars_multi_reduce1_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](tensors, chunks, partials, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3 = _finish_tensors(partials, lengths, ("sum", "sum"))
+    _lars_multi_kernel_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](tensors, chunks, sum_2, sum_3, weight_decay, trust_coefficient, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+
+
+@_jit
 def _lars_kernel_not_ndim_gt_1_momentum_gt_0_nesterov(
     param_ptr, grad_ptr, momentum_buffer_ptr,
     momentum, c0, c1, c2,
@@ -649,7 +948,8 @@ def _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -668,9 +968,9 @@ def _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov(
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _lars_scalars_not_ndim_gt_1_momentum_gt_0_nesterov(h):
-    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov for a tensor
-    with host values `h` (tensors with equal ones share a launch)."""
+def _lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     momentum = h["momentum"]
     dampening = h["dampening"]
@@ -679,15 +979,8 @@ def _lars_scalars_not_ndim_gt_1_momentum_gt_0_nesterov(h):
     c0 = h0
     c1 = h0*(1 - dampening)
     c2 = -lr
-    return (momentum, c0, c1, c2)
-
-
-def _lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov over a bucket's tables."""
-    _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_nesterov[grid](tensors, chunks, momentum, c0, c1, c2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -729,7 +1022,8 @@ def _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -746,24 +1040,17 @@ def _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov(
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _lars_scalars_not_ndim_gt_1_momentum_gt_0_not_nesterov(h):
-    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     momentum = h["momentum"]
     dampening = h["dampening"]
     maximize = h["maximize"]
     c0 = (1 - dampening)*(-1.0 if maximize else 1.0)
     c1 = -lr
-    return (momentum, c0, c1)
-
-
-def _lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov over a bucket's tables."""
-    _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _lars_multi_kernel_not_ndim_gt_1_momentum_gt_0_not_nesterov[grid](tensors, chunks, momentum, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -799,7 +1086,8 @@ def _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 2)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -812,21 +1100,14 @@ def _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov(
     tl.store(param_ptr + offsets, (c0*grad + param).to(DTYPES[0]), mask=mask)
 
 
-def _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_nesterov(h):
-    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov for a
-    tensor with host values `h` (tensors with equal ones share a launch)."""
+def _lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     maximize = h["maximize"]
     c0 = -lr*(-1.0 if maximize else 1.0)
-    return (c0,)
-
-
-def _lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov over a bucket's tables."""
-    _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_nesterov[grid](tensors, chunks, c0, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -862,7 +1143,8 @@ def _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 2)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -875,21 +1157,14 @@ def _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(
     tl.store(param_ptr + offsets, (c0*grad + param).to(DTYPES[0]), mask=mask)
 
 
-def _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(h):
-    """The scalar arguments of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov for
-    a tensor with host values `h` (tensors with equal ones share a launch)."""
+def _lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     maximize = h["maximize"]
     c0 = -lr*(-1.0 if maximize else 1.0)
-    return (c0,)
-
-
-def _lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov over a bucket's tables."""
-    _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _lars_multi_kernel_not_ndim_gt_1_not_momentum_gt_0_not_nesterov[grid](tensors, chunks, c0, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -907,14 +1182,14 @@ def _variant(h):
 # columns, scalar arguments, host scalar states) when the update is elementwise given the step's
 # global values)
 _VARIANTS = {
-    (True, True, True): (_lars_launch_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
-    (True, True, False): (_lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
-    (True, False, True): (_lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), None),
-    (True, False, False): (_lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), None),
-    (False, True, True): (_lars_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_nesterov, None)),
-    (False, True, False): (_lars_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("param", "grad", "momentum_buffer"), _lars_scalars_not_ndim_gt_1_momentum_gt_0_not_nesterov, None)),
-    (False, False, True): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_nesterov, None)),
-    (False, False, False): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, ("param", "grad"), _lars_scalars_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, None)),
+    (True, True, True): (_lars_launch_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_ndim_gt_1_momentum_gt_0_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "weight_decay", "momentum", "dampening", "trust_coefficient", "maximize"), None, True)),
+    (True, True, False): (_lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "weight_decay", "momentum", "dampening", "trust_coefficient", "maximize"), None, True)),
+    (True, False, True): (_lars_launch_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), (_lars_multi_launch_ndim_gt_1_not_momentum_gt_0_nesterov, ("param", "grad"), ("lr", "weight_decay", "trust_coefficient", "maximize"), None, True)),
+    (True, False, False): (_lars_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), (_lars_multi_launch_ndim_gt_1_not_momentum_gt_0_not_nesterov, ("param", "grad"), ("lr", "weight_decay", "trust_coefficient", "maximize"), None, True)),
+    (False, True, True): (_lars_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "dampening", "maximize"), None, False)),
+    (False, True, False): (_lars_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_not_ndim_gt_1_momentum_gt_0_not_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "dampening", "maximize"), None, False)),
+    (False, False, True): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_nesterov, ("param", "grad"), ("lr", "maximize"), None, False)),
+    (False, False, False): (_lars_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, (), ("param",), (_lars_multi_launch_not_ndim_gt_1_not_momentum_gt_0_not_nesterov, ("param", "grad"), ("lr", "maximize"), None, False)),
 }
 
 
@@ -1115,23 +1390,25 @@ class LARS(torch.optim.Optimizer):
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
         used = set()  # the launch tables of this step
-        buckets = {}  # multi-tensor launch -> (rows, device inputs)
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
             inputs = {}
-            row = self._multi_tensor_row(param, grad, state, variant)
+            row = self._multi_tensor_row(param, grad, state, h, variant)
             if row is not None:
-                launch, columns, scalars, host_states = variant[3]
-                key = (launch, columns, *_layout(row, columns), scalars(h))
-                buckets.setdefault(key, ([], inputs))[0].append(row)
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
                 continue
             self._apply(param, grad, state, h, variant, inputs)
-        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
-            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
         for key in set(self._tables) - used:
             del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
 
-    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
         """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
         launch tables cached across steps; returns what it returns."""
         addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
@@ -1139,15 +1416,16 @@ class LARS(torch.optim.Optimizer):
         # told apart by their order: a key that survives new gradient storage every step.
         kind = (launch.__name__, device, dtypes, aligned)
         key = (*kind, sum(1 for k in used if k[:4] == kind))
-        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
         used.add(key)
-        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
 
-    def _multi_tensor_row(self, param, grad, state, variant):
+    def _multi_tensor_row(self, param, grad, state, h, variant):
         """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
         or None where it steps alone: a variant without the launch, the reference backend, an
-        empty tensor or a strided one."""
-        if variant[3] is None or not _use_triton(param, self.backend):
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
         row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
                for name in variant[3][1]}

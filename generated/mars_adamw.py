@@ -127,12 +127,12 @@ def _tensor_table(rows, device):
 
 def _chunk_table(sizes, device):
     """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
     counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
     row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
     first_chunk = torch.cumsum(counts, 0) - counts
     first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
 
 
 def _layout(row, columns):
@@ -144,9 +144,9 @@ def _layout(row, columns):
 
 
 def _launch_tables(cache, key, rows, numel_column, device):
-    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
-    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
-    built for this launch only."""
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
     sizes = [row[numel_column] for row in rows]
     entry = cache.get(key) if key is not None else None
     if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
@@ -154,7 +154,8 @@ def _launch_tables(cache, key, rows, numel_column, device):
         entry = (rows, sizes, chunks, _tensor_table(rows, device))
         if key is not None:
             cache[key] = entry
-    return entry[3], entry[2]
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +312,29 @@ def _finish_segments(temps, ops, overs, param, h):
     return values
 
 
+def _finish_tensors(partials, lengths, ops):
+    """The per-tensor results of a multi-tensor reduce kernel: column i of `partials` (one row per
+    program; a tensor's programs are consecutive, `lengths` of them) reduced with ops[i] over each
+    tensor's programs in a fixed order. One value per tensor, for each reduction."""
+    values = [None] * len(ops)
+    for op in dict.fromkeys(ops):
+        index = [i for i, o in enumerate(ops) if o == op]
+        columns = partials if len(index) == len(ops) else partials[:, index]
+        reduced = torch.segment_reduce(columns, op, lengths=lengths, axis=0, unsafe=True)  # unsafe: no host check
+        reduced = reduced.t().contiguous()  # kernels read value i of tensor `row` at offset `row`
+        for column, i in enumerate(index):
+            values[i] = reduced[column]
+    return values
+
+
+def _write_per_tensor(states, name, values):
+    """states[i][name] = values[i] for every tensor of a multi-tensor launch, in one op (a 0-dim
+    value: the same for all)."""
+    targets = [_local(state[name]) for state in states]
+    values = torch.as_tensor(values, device=targets[0].device)
+    torch._foreach_copy_(targets, list(values.expand(len(targets)).unbind(0) if values.dim() == 0 else values.unbind(0)))
+
+
 @_jit
 def _mars_adam_w_reduce1_kernel_optimize_1d_or_ndim_ge_2(
     grad_ptr, last_grad_ptr, partials_ptr,
@@ -427,6 +451,100 @@ def _mars_adam_w_launch_optimize_1d_or_ndim_ge_2(param, grad, state, h, inputs):
 
 
 @_jit
+def _mars_adam_w_multi_reduce1_kernel_optimize_1d_or_ndim_ge_2(
+    tensors_ptr, chunks_ptr, partials_ptr,
+    c0, c1,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 6 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 5)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    last_grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    last_grad = tl.load(last_grad_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = -last_grad
+    g = c1*grad
+    c = c0*(g + tmp0) + g
+    tl.store(partials_ptr + pid * 3 + 0, tl.sum(tl.where(mask, (c0*(-grad - last_grad) - grad) * (c0*(-grad - last_grad) - grad), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 3 + 1, tl.sum(tl.where(mask, (c0*(grad + tmp0) + grad) * (c0*(grad + tmp0) + grad), 0.0), axis=0))
+    tl.store(partials_ptr + pid * 3 + 2, tl.sum(tl.where(mask, c * c, 0.0), axis=0))
+
+
+@_jit
+def _mars_adam_w_multi_kernel_optimize_1d_or_ndim_ge_2(
+    tensors_ptr, chunks_ptr, sum_2_ptr, sum_3_ptr, sum_4_ptr,
+    beta2, eps, maximize, c0_2, c1, c2, c3, c4, c5,
+    DTYPES: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    chunk_ptr = chunks_ptr + 2 * pid
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 6 * row
+    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
+    n_elements = tl.load(row_ptr + 5)
+    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
+        n_elements = tl.multiple_of(n_elements, 16)
+    mask = offsets < n_elements
+    grad_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
+    last_grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
+    param_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
+    exp_avg_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
+    exp_avg_sq_ptr = _address(row_ptr, 4, DTYPES[4], ALIGNED)
+    param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
+    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
+    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    last_grad = tl.load(last_grad_ptr + offsets, mask=mask).to(tl.float32)
+    sum_2 = tl.load(sum_2_ptr + row).to(tl.float32)
+    sum_3 = tl.load(sum_3_ptr + row).to(tl.float32)
+    sum_4 = tl.load(sum_4_ptr + row).to(tl.float32)
+    tmp0_2 = ((maximize & (tl.sqrt(sum_2) > 1.0)) | ((~maximize) & (tl.sqrt(sum_3) > 1.0)))
+    last_grad_new = c1*grad
+    c_2 = c2*(-last_grad + last_grad_new) + last_grad_new
+    tmp1 = c_2 * c_2
+    tmp2 = beta2*exp_avg_sq + c3*tl.where(tmp0_2, tmp1/sum_4, tmp1)
+    exp_avg_new = c4*(-exp_avg + tl.where(tmp0_2, c_2/tl.sqrt(sum_4), c_2)) + exp_avg
+    exp_avg_sq_new = tmp2
+    tl.store(param_ptr + offsets, (c0_2*param + c5*exp_avg_new/(eps + tl.sqrt(tmp2 + 1e-15))).to(DTYPES[2]), mask=mask)
+    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[3]), mask=mask)
+    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[4]), mask=mask)
+    tl.store(last_grad_ptr + offsets, (last_grad_new).to(DTYPES[1]), mask=mask)
+
+
+def _mars_adam_w_multi_launch_optimize_1d_or_ndim_ge_2(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
+    lr = h["lr"]
+    beta1 = h["beta1"]
+    beta2 = h["beta2"]
+    gamma = h["gamma"]
+    weight_decay = h["weight_decay"]
+    eps = h["eps"]
+    maximize = h["maximize"]
+    step = h["step"]
+    c0 = beta1*gamma/(1 - beta1)
+    c1 = (-1.0 if maximize else 1.0)
+    h0 = 1 - beta1
+    c0_2 = -lr*weight_decay + 1
+    c2 = beta1*gamma/h0
+    c3 = 1 - beta2
+    c4 = h0
+    c5 = -lr*_sqrt(1 - _pow(beta2, step))/(1 - _pow(beta1, step))
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 3), device=tensors.device, dtype=torch.float32)
+    _mars_adam_w_multi_reduce1_kernel_optimize_1d_or_ndim_ge_2[grid](tensors, chunks, partials, c0, c1, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+    sum_2, sum_3, sum_4 = _finish_tensors(partials, lengths, ("sum", "sum", "sum"))
+    _mars_adam_w_multi_kernel_optimize_1d_or_ndim_ge_2[grid](tensors, chunks, sum_2, sum_3, sum_4, beta2, eps, maximize, c0_2, c1, c2, c3, c4, c5, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
+
+
+@_jit
 def _mars_adam_w_kernel_not_optimize_1d_or_ndim_ge_2(
     param_ptr, grad_ptr, exp_avg_ptr, exp_avg_sq_ptr, last_grad_ptr,
     beta2_1d, eps, c0, c1, c2, c3, c4,
@@ -477,7 +595,8 @@ def _mars_adam_w_multi_kernel_not_optimize_1d_or_ndim_ge_2(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 6 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 6 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 5)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -502,9 +621,9 @@ def _mars_adam_w_multi_kernel_not_optimize_1d_or_ndim_ge_2(
     tl.store(last_grad_ptr + offsets, (last_grad_new).to(DTYPES[4]), mask=mask)
 
 
-def _mars_adam_w_scalars_not_optimize_1d_or_ndim_ge_2(h):
-    """The scalar arguments of _mars_adam_w_multi_kernel_not_optimize_1d_or_ndim_ge_2 for a tensor
-    with host values `h` (tensors with equal ones share a launch)."""
+def _mars_adam_w_multi_launch_not_optimize_1d_or_ndim_ge_2(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr_1d = h["lr_1d"]
     beta1_1d = h["beta1_1d"]
     beta2_1d = h["beta2_1d"]
@@ -517,15 +636,8 @@ def _mars_adam_w_scalars_not_optimize_1d_or_ndim_ge_2(h):
     c2 = (-1.0 if maximize else 1.0)
     c3 = 1 - beta1_1d
     c4 = -lr_1d*_sqrt(1 - _pow(beta2_1d, step))/(1 - _pow(beta1_1d, step))
-    return (beta2_1d, eps, c0, c1, c2, c3, c4)
-
-
-def _mars_adam_w_multi_launch_not_optimize_1d_or_ndim_ge_2(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _mars_adam_w_multi_kernel_not_optimize_1d_or_ndim_ge_2 over a bucket's tables."""
-    _mars_adam_w_multi_kernel_not_optimize_1d_or_ndim_ge_2[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _mars_adam_w_multi_kernel_not_optimize_1d_or_ndim_ge_2[grid](tensors, chunks, beta2_1d, eps, c0, c1, c2, c3, c4, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,8 +654,8 @@ def _variant(h):
 # columns, scalar arguments, host scalar states) when the update is elementwise given the step's
 # global values)
 _VARIANTS = {
-    (True,): (_mars_adam_w_launch_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), None),
-    (False,): (_mars_adam_w_launch_not_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), (_mars_adam_w_multi_launch_not_optimize_1d_or_ndim_ge_2, ("param", "grad", "exp_avg", "exp_avg_sq", "last_grad"), _mars_adam_w_scalars_not_optimize_1d_or_ndim_ge_2, None)),
+    (True,): (_mars_adam_w_launch_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), (_mars_adam_w_multi_launch_optimize_1d_or_ndim_ge_2, ("grad", "last_grad", "param", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "gamma", "weight_decay", "eps", "maximize", "step"), None, True)),
+    (False,): (_mars_adam_w_launch_not_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), (_mars_adam_w_multi_launch_not_optimize_1d_or_ndim_ge_2, ("param", "grad", "exp_avg", "exp_avg_sq", "last_grad"), ("lr_1d", "beta1_1d", "beta2_1d", "weight_decay_1d", "eps", "maximize", "step"), None, False)),
 }
 
 
@@ -781,23 +893,25 @@ class MARSAdamW(torch.optim.Optimizer):
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
         used = set()  # the launch tables of this step
-        buckets = {}  # multi-tensor launch -> (rows, device inputs)
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
             inputs = {}
-            row = self._multi_tensor_row(param, grad, state, variant)
+            row = self._multi_tensor_row(param, grad, state, h, variant)
             if row is not None:
-                launch, columns, scalars, host_states = variant[3]
-                key = (launch, columns, *_layout(row, columns), scalars(h))
-                buckets.setdefault(key, ([], inputs))[0].append(row)
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
                 continue
             self._apply(param, grad, state, h, variant, inputs)
-        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
-            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
         for key in set(self._tables) - used:
             del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
 
-    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
         """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
         launch tables cached across steps; returns what it returns."""
         addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
@@ -805,15 +919,16 @@ class MARSAdamW(torch.optim.Optimizer):
         # told apart by their order: a key that survives new gradient storage every step.
         kind = (launch.__name__, device, dtypes, aligned)
         key = (*kind, sum(1 for k in used if k[:4] == kind))
-        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
         used.add(key)
-        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
 
-    def _multi_tensor_row(self, param, grad, state, variant):
+    def _multi_tensor_row(self, param, grad, state, h, variant):
         """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
         or None where it steps alone: a variant without the launch, the reference backend, an
-        empty tensor or a strided one."""
-        if variant[3] is None or not _use_triton(param, self.backend):
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
         row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
                for name in variant[3][1]}

@@ -111,12 +111,12 @@ def _tensor_table(rows, device):
 
 def _chunk_table(sizes, device):
     """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
     counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
     row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
     first_chunk = torch.cumsum(counts, 0) - counts
     first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
 
 
 def _layout(row, columns):
@@ -128,9 +128,9 @@ def _layout(row, columns):
 
 
 def _launch_tables(cache, key, rows, numel_column, device):
-    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
-    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
-    built for this launch only."""
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
     sizes = [row[numel_column] for row in rows]
     entry = cache.get(key) if key is not None else None
     if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
@@ -138,7 +138,8 @@ def _launch_tables(cache, key, rows, numel_column, device):
         entry = (rows, sizes, chunks, _tensor_table(rows, device))
         if key is not None:
             cache[key] = entry
-    return entry[3], entry[2]
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +360,8 @@ def _n_adam_multi_kernel_decoupled_weight_decay(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 5 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 5 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 4)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -383,9 +385,9 @@ def _n_adam_multi_kernel_decoupled_weight_decay(
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
 
 
-def _n_adam_scalars_decoupled_weight_decay(h):
-    """The scalar arguments of _n_adam_multi_kernel_decoupled_weight_decay for a tensor with host
-    values `h` (tensors with equal ones share a launch)."""
+def _n_adam_multi_launch_decoupled_weight_decay(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     beta1 = h["beta1"]
     beta2 = h["beta2"]
@@ -410,7 +412,8 @@ def _n_adam_scalars_decoupled_weight_decay(h):
     c5 = 1 - beta1
     c6 = -h3*lr/(-beta1 ** 2*h0*h2*mu_product + 1)
     c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
-    return (beta2, eps, c0, c1, c2, c3, c4, c5, c6)
+    grid = (chunks.shape[0],)
+    _n_adam_multi_kernel_decoupled_weight_decay[grid](tensors, chunks, beta2, eps, c0, c1, c2, c3, c4, c5, c6, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 def _n_adam_host_states_decoupled_weight_decay(state, h):
@@ -421,14 +424,6 @@ def _n_adam_host_states_decoupled_weight_decay(state, h):
     mu_product = h["mu_product"]
     c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
     state["mu_product"].fill_(c0_2)
-
-
-def _n_adam_multi_launch_decoupled_weight_decay(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _n_adam_multi_kernel_decoupled_weight_decay over a bucket's tables."""
-    _n_adam_multi_kernel_decoupled_weight_decay[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
 
 
 @_jit
@@ -495,7 +490,8 @@ def _n_adam_multi_kernel_not_decoupled_weight_decay(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 5 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 5 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 4)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -521,9 +517,9 @@ def _n_adam_multi_kernel_not_decoupled_weight_decay(
     tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
 
 
-def _n_adam_scalars_not_decoupled_weight_decay(h):
-    """The scalar arguments of _n_adam_multi_kernel_not_decoupled_weight_decay for a tensor with
-    host values `h` (tensors with equal ones share a launch)."""
+def _n_adam_multi_launch_not_decoupled_weight_decay(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     beta1 = h["beta1"]
     beta2 = h["beta2"]
@@ -546,7 +542,8 @@ def _n_adam_scalars_not_decoupled_weight_decay(h):
     c4 = 1 - beta1
     c5 = -h3*lr/(-beta1 ** 2*h0*h2*mu_product + 1)
     c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
-    return (beta2, eps, weight_decay, c0, c1, c2, c3, c4, c5)
+    grid = (chunks.shape[0],)
+    _n_adam_multi_kernel_not_decoupled_weight_decay[grid](tensors, chunks, beta2, eps, weight_decay, c0, c1, c2, c3, c4, c5, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 def _n_adam_host_states_not_decoupled_weight_decay(state, h):
@@ -557,14 +554,6 @@ def _n_adam_host_states_not_decoupled_weight_decay(state, h):
     mu_product = h["mu_product"]
     c0_2 = beta1*mu_product*(1 - _pow(0.96, momentum_decay*step)/2)
     state["mu_product"].fill_(c0_2)
-
-
-def _n_adam_multi_launch_not_decoupled_weight_decay(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _n_adam_multi_kernel_not_decoupled_weight_decay over a bucket's tables."""
-    _n_adam_multi_kernel_not_decoupled_weight_decay[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,8 +569,8 @@ def _variant(h):
 # columns, scalar arguments, host scalar states) when the update is elementwise given the step's
 # global values)
 _VARIANTS = {
-    (True,): (_n_adam_launch_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), _n_adam_scalars_decoupled_weight_decay, _n_adam_host_states_decoupled_weight_decay)),
-    (False,): (_n_adam_launch_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_not_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), _n_adam_scalars_not_decoupled_weight_decay, _n_adam_host_states_not_decoupled_weight_decay)),
+    (True,): (_n_adam_launch_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay", "maximize", "step", "mu_product"), _n_adam_host_states_decoupled_weight_decay, False)),
+    (False,): (_n_adam_launch_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_not_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay", "maximize", "step", "mu_product"), _n_adam_host_states_not_decoupled_weight_decay, False)),
 }
 
 
@@ -806,25 +795,27 @@ class NAdam(torch.optim.Optimizer):
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
         used = set()  # the launch tables of this step
-        buckets = {}  # multi-tensor launch -> (rows, device inputs)
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
             inputs = {}
-            row = self._multi_tensor_row(param, grad, state, variant)
+            row = self._multi_tensor_row(param, grad, state, h, variant)
             if row is not None:
-                launch, columns, scalars, host_states = variant[3]
-                key = (launch, columns, *_layout(row, columns), scalars(h))
-                buckets.setdefault(key, ([], inputs))[0].append(row)
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
                 if host_states is not None:  # from h, which holds their values before this step
                     host_states(state, h)
                 continue
             self._apply(param, grad, state, h, variant, inputs)
-        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
-            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
         for key in set(self._tables) - used:
             del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
 
-    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
         """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
         launch tables cached across steps; returns what it returns."""
         addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
@@ -832,15 +823,16 @@ class NAdam(torch.optim.Optimizer):
         # told apart by their order: a key that survives new gradient storage every step.
         kind = (launch.__name__, device, dtypes, aligned)
         key = (*kind, sum(1 for k in used if k[:4] == kind))
-        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
         used.add(key)
-        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
 
-    def _multi_tensor_row(self, param, grad, state, variant):
+    def _multi_tensor_row(self, param, grad, state, h, variant):
         """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
         or None where it steps alone: a variant without the launch, the reference backend, an
-        empty tensor or a strided one."""
-        if variant[3] is None or not _use_triton(param, self.backend):
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
         row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
                for name in variant[3][1]}

@@ -122,12 +122,12 @@ def _tensor_table(rows, device):
 
 def _chunk_table(sizes, device):
     """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
     counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
     row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
     first_chunk = torch.cumsum(counts, 0) - counts
     first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
 
 
 def _layout(row, columns):
@@ -139,9 +139,9 @@ def _layout(row, columns):
 
 
 def _launch_tables(cache, key, rows, numel_column, device):
-    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
-    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
-    built for this launch only."""
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
     sizes = [row[numel_column] for row in rows]
     entry = cache.get(key) if key is not None else None
     if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
@@ -149,7 +149,8 @@ def _launch_tables(cache, key, rows, numel_column, device):
         entry = (rows, sizes, chunks, _tensor_table(rows, device))
         if key is not None:
             cache[key] = entry
-    return entry[3], entry[2]
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +490,8 @@ def _sgdp_multi_kernel_nesterov_not_ndim_gt_1(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -508,9 +510,9 @@ def _sgdp_multi_kernel_nesterov_not_ndim_gt_1(
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _sgdp_scalars_nesterov_not_ndim_gt_1(h):
-    """The scalar arguments of _sgdp_multi_kernel_nesterov_not_ndim_gt_1 for a tensor with host
-    values `h` (tensors with equal ones share a launch)."""
+def _sgdp_multi_launch_nesterov_not_ndim_gt_1(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     momentum = h["momentum"]
     dampening = h["dampening"]
@@ -521,15 +523,8 @@ def _sgdp_scalars_nesterov_not_ndim_gt_1(h):
     c1 = h0
     c2 = h0*(1 - dampening)
     c3 = -lr
-    return (momentum, c0, c1, c2, c3)
-
-
-def _sgdp_multi_launch_nesterov_not_ndim_gt_1(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _sgdp_multi_kernel_nesterov_not_ndim_gt_1 over a bucket's tables."""
-    _sgdp_multi_kernel_nesterov_not_ndim_gt_1[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _sgdp_multi_kernel_nesterov_not_ndim_gt_1[grid](tensors, chunks, momentum, c0, c1, c2, c3, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 @_jit
@@ -708,7 +703,8 @@ def _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 4 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 4 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 3)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -725,9 +721,9 @@ def _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1(
     tl.store(momentum_buffer_ptr + offsets, (momentum_buffer_new).to(DTYPES[2]), mask=mask)
 
 
-def _sgdp_scalars_not_nesterov_not_ndim_gt_1(h):
-    """The scalar arguments of _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1 for a tensor with host
-    values `h` (tensors with equal ones share a launch)."""
+def _sgdp_multi_launch_not_nesterov_not_ndim_gt_1(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     momentum = h["momentum"]
     dampening = h["dampening"]
@@ -736,15 +732,8 @@ def _sgdp_scalars_not_nesterov_not_ndim_gt_1(h):
     c0 = -lr*weight_decay/(1 - momentum) + 1
     c1 = (1 - dampening)*(-1.0 if maximize else 1.0)
     c2 = -lr
-    return (momentum, c0, c1, c2)
-
-
-def _sgdp_multi_launch_not_nesterov_not_ndim_gt_1(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1 over a bucket's tables."""
-    _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1[(chunks.shape[0],)](
-        tensors, chunks, *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    _sgdp_multi_kernel_not_nesterov_not_ndim_gt_1[grid](tensors, chunks, momentum, c0, c1, c2, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,9 +751,9 @@ def _variant(h):
 # global values)
 _VARIANTS = {
     (True, True): (_sgdp_launch_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), None),
-    (True, False): (_sgdp_launch_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_nesterov_not_ndim_gt_1, None)),
+    (True, False): (_sgdp_launch_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "dampening", "weight_decay", "maximize"), None, False)),
     (False, True): (_sgdp_launch_not_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), None),
-    (False, False): (_sgdp_launch_not_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_not_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), _sgdp_scalars_not_nesterov_not_ndim_gt_1, None)),
+    (False, False): (_sgdp_launch_not_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_not_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "dampening", "weight_decay", "maximize"), None, False)),
 }
 
 
@@ -977,23 +966,25 @@ class SGDP(torch.optim.Optimizer):
                 if param.grad is not None:
                     work.append(self._prepare(param, param.grad, self.state[param], hyperparameters))
         used = set()  # the launch tables of this step
-        buckets = {}  # multi-tensor launch -> (rows, device inputs)
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
             inputs = {}
-            row = self._multi_tensor_row(param, grad, state, variant)
+            row = self._multi_tensor_row(param, grad, state, h, variant)
             if row is not None:
-                launch, columns, scalars, host_states = variant[3]
-                key = (launch, columns, *_layout(row, columns), scalars(h))
-                buckets.setdefault(key, ([], inputs))[0].append(row)
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
                 continue
             self._apply(param, grad, state, h, variant, inputs)
-        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
-            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
         for key in set(self._tables) - used:
             del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
 
-    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
         """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
         launch tables cached across steps; returns what it returns."""
         addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
@@ -1001,15 +992,16 @@ class SGDP(torch.optim.Optimizer):
         # told apart by their order: a key that survives new gradient storage every step.
         kind = (launch.__name__, device, dtypes, aligned)
         key = (*kind, sum(1 for k in used if k[:4] == kind))
-        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
         used.add(key)
-        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
 
-    def _multi_tensor_row(self, param, grad, state, variant):
+    def _multi_tensor_row(self, param, grad, state, h, variant):
         """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
         or None where it steps alone: a variant without the launch, the reference backend, an
-        empty tensor or a strided one."""
-        if variant[3] is None or not _use_triton(param, self.backend):
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
         row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
                for name in variant[3][1]}

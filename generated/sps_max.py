@@ -88,12 +88,12 @@ def _tensor_table(rows, device):
 
 def _chunk_table(sizes, device):
     """The chunk table of one launch: for each program, its row of the tensor table and the first
-    of its BLOCK_SIZE elements."""
+    of its BLOCK_SIZE elements; and the number of programs of each row."""
     counts = (torch.tensor(sizes, dtype=torch.int64) + BLOCK_SIZE - 1) // BLOCK_SIZE
     row = torch.repeat_interleave(torch.arange(len(sizes)), counts)
     first_chunk = torch.cumsum(counts, 0) - counts
     first = (torch.arange(row.numel()) - first_chunk[row]) * BLOCK_SIZE
-    return torch.stack([row, first], dim=1).to(device, non_blocking=True)
+    return torch.stack([row, first], dim=1).to(device, non_blocking=True), counts.to(device, non_blocking=True)
 
 
 def _layout(row, columns):
@@ -105,9 +105,9 @@ def _layout(row, columns):
 
 
 def _launch_tables(cache, key, rows, numel_column, device):
-    """The (tensor table, chunk table) of a launch over `rows` (each: addresses, then the number of
-    elements at `numel_column`, then flags), from `cache[key]` while no row changed; key None:
-    built for this launch only."""
+    """The tensor table, chunk table and programs per tensor of a launch over `rows` (each:
+    addresses, then the number of elements at `numel_column`, then flags), from `cache[key]` while
+    no row changed; key None: built for this launch only."""
     sizes = [row[numel_column] for row in rows]
     entry = cache.get(key) if key is not None else None
     if entry is None or entry[0] != rows:  # first step, a tensor moved, or not cached
@@ -115,7 +115,8 @@ def _launch_tables(cache, key, rows, numel_column, device):
         entry = (rows, sizes, chunks, _tensor_table(rows, device))
         if key is not None:
             cache[key] = entry
-    return entry[3], entry[2]
+    (chunks, lengths), tensors = entry[2], entry[3]
+    return tensors, chunks, lengths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +315,8 @@ def _sps_max_multi_kernel(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 3 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 3 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 2)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -331,24 +333,19 @@ def _sps_max_multi_kernel(
     tl.store(param_ptr + offsets, (-gamma*grad + param).to(DTYPES[0]), mask=mask)
 
 
-def _sps_max_scalars(h):
-    """The scalar arguments of _sps_max_multi_kernel for a tensor with host values `h` (tensors
-    with equal ones share a launch)."""
+def _sps_max_multi_launch(tensors, chunks, lengths, dtypes, aligned, h, states, inputs):
+    """One step of a bucket of tensors, one launch per pass: `h` holds the first tensor's host
+    values (those read here are equal for all), `states` their state dicts."""
     lr = h["lr"]
     c = h["c"]
     f_star = h["f_star"]
     eps = h["eps"]
     max_lr = h["max_lr"]
     c0 = -f_star
-    return (lr, c, eps, max_lr, c0)
-
-
-def _sps_max_multi_launch(tensors, chunks, dtypes, aligned, scalars, inputs):
-    """One launch of _sps_max_multi_kernel over a bucket's tables."""
-    _sps_max_multi_kernel[(chunks.shape[0],)](
-        tensors, chunks, inputs["global_sum"], inputs["loss"], *scalars,
-        DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    loss = inputs["loss"]
+    global_sum = inputs["global_sum"]
+    grid = (chunks.shape[0],)
+    _sps_max_multi_kernel[grid](tensors, chunks, global_sum, loss, lr, c, eps, max_lr, c0, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,7 +359,8 @@ def _sps_max_contributions_kernel(
 ):
     pid = tl.program_id(0)
     chunk_ptr = chunks_ptr + 2 * pid
-    row_ptr = tensors_ptr + 2 * tl.load(chunk_ptr)
+    row = tl.load(chunk_ptr)  # the program's tensor
+    row_ptr = tensors_ptr + 2 * row
     offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
     n_elements = tl.load(row_ptr + 1)
     if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
@@ -373,18 +371,11 @@ def _sps_max_contributions_kernel(
     tl.store(partials_ptr + pid * 1 + 0, tl.sum(tl.where(mask, grad * grad, 0.0), axis=0))
 
 
-def _sps_max_contribution_scalars(h):
-    """The scalar arguments of _sps_max_contributions_kernel for a tensor with host values `h`
-    (tensors with equal ones share a launch)."""
-    return ()
-
-
-def _sps_max_contributions_launch(tensors, chunks, dtypes, aligned, scalars):
+def _sps_max_contributions_launch(tensors, chunks, lengths, dtypes, aligned, h):
     """The contribution of a bucket of tensors to each global reduction, in float64."""
-    partials = torch.empty((chunks.shape[0], 1), device=tensors.device, dtype=torch.float32)
-    _sps_max_contributions_kernel[(chunks.shape[0],)](
-        tensors, chunks, partials, *scalars, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE,
-    )
+    grid = (chunks.shape[0],)
+    partials = torch.empty((grid[0], 1), device=tensors.device, dtype=torch.float32)
+    _sps_max_contributions_kernel[grid](tensors, chunks, partials, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)
     return partials.sum(0, dtype=torch.float64)
 
 
@@ -392,8 +383,9 @@ def _global_reference(param, grad, state, h):
     return torch.stack([torch.sum(grad ** 2)])
 
 
-# the tensors a contribution reads (table columns)
+# the tensors a contribution reads (table columns), and the host values its launch reads
 _GLOBAL_COLUMNS = ("grad",)
+_GLOBAL_HOST_INPUTS = ()
 # global value -> how per-tensor contributions combine
 _GLOBALS = {"global_sum": "sum"}
 _NEUTRAL = {"sum": 0.0, "amax": -math.inf, "amin": math.inf}
@@ -413,7 +405,7 @@ def _variant(h):
 # columns, scalar arguments, host scalar states) when the update is elementwise given the step's
 # global values)
 _VARIANTS = {
-    (): (_sps_max_launch, (), ("param",), (_sps_max_multi_launch, ("param", "grad"), _sps_max_scalars, None)),
+    (): (_sps_max_launch, (), ("param",), (_sps_max_multi_launch, ("param", "grad"), ("lr", "c", "f_star", "eps", "max_lr"), None, False)),
 }
 
 
@@ -600,7 +592,7 @@ class SPSMax(torch.optim.Optimizer):
         used = set()  # the launch tables of this step
         totals = self._global_totals(work, used)
         device_inputs = {}  # (device, compute dtype) -> the step's loss and global values, converted once
-        buckets = {}  # multi-tensor launch -> (rows, device inputs)
+        buckets = {}  # multi-tensor launch -> (rows, their states, the first one's h, device inputs)
         for param, grad, state, h, variant in work:
             compute = torch.float64 if param.dtype == torch.float64 else torch.float32
             inputs = device_inputs.get((param.device, compute))
@@ -609,20 +601,22 @@ class SPSMax(torch.optim.Optimizer):
                 inputs["loss"] = torch.as_tensor(loss).detach().to(device=param.device, dtype=compute)
                 for name, total in totals.items():
                     inputs[name] = total.to(device=param.device, dtype=compute)
-            row = self._multi_tensor_row(param, grad, state, variant)
+            row = self._multi_tensor_row(param, grad, state, h, variant)
             if row is not None:
-                launch, columns, scalars, host_states = variant[3]
-                key = (launch, columns, *_layout(row, columns), scalars(h))
-                buckets.setdefault(key, ([], inputs))[0].append(row)
+                launch, columns, reads, host_states, _ = variant[3]
+                key = (launch, columns, *_layout(row, columns), tuple(h[name] for name in reads))
+                rows, states, _, _ = buckets.setdefault(key, ([], [], h, inputs))
+                rows.append(row)
+                states.append(state)
                 continue
             self._apply(param, grad, state, h, variant, inputs)
-        for (launch, columns, device, dtypes, aligned, scalars), (rows, inputs) in buckets.items():
-            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, scalars, inputs)
+        for (launch, columns, device, dtypes, aligned, _), (rows, states, h, inputs) in buckets.items():
+            self._multi_tensor_launch(used, launch, columns, rows, device, dtypes, aligned, h, states, inputs)
         for key in set(self._tables) - used:
             del self._tables[key]  # launches this step no longer makes
         return closure_loss if closure is not None else loss
 
-    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, scalars, *args):
+    def _multi_tensor_launch(self, used, launch, columns, rows, device, dtypes, aligned, *args):
         """Run `launch` once over `rows` (column -> contiguous tensor, one dict per tensor) with
         launch tables cached across steps; returns what it returns."""
         addresses = [[row[c].data_ptr() for c in columns] + [row[columns[0]].numel()] for row in rows]
@@ -630,15 +624,16 @@ class SPSMax(torch.optim.Optimizer):
         # told apart by their order: a key that survives new gradient storage every step.
         kind = (launch.__name__, device, dtypes, aligned)
         key = (*kind, sum(1 for k in used if k[:4] == kind))
-        tensors, chunks = _launch_tables(self._tables, key, addresses, len(columns), device)
+        tensors, chunks, lengths = _launch_tables(self._tables, key, addresses, len(columns), device)
         used.add(key)
-        return launch(tensors, chunks, tuple(_tl_dtype(d) for d in dtypes), aligned, scalars, *args)
+        return launch(tensors, chunks, lengths, tuple(_tl_dtype(d) for d in dtypes), aligned, *args)
 
-    def _multi_tensor_row(self, param, grad, state, variant):
+    def _multi_tensor_row(self, param, grad, state, h, variant):
         """The tensors of `param`'s row in a multi-tensor launch (real views of the local shards),
         or None where it steps alone: a variant without the launch, the reference backend, an
-        empty tensor or a strided one."""
-        if variant[3] is None or not _use_triton(param, self.backend):
+        empty tensor, a strided one, or a sharded one whose reductions all-reduce per tensor (every
+        rank must make the same collectives, whatever its shards' sizes)."""
+        if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
         row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
                for name in variant[3][1]}
@@ -679,7 +674,8 @@ class SPSMax(torch.optim.Optimizer):
                 # Read only: a strided tensor contributes through a contiguous copy.
                 row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name])).contiguous()
                        for name in _GLOBAL_COLUMNS}
-                launches.setdefault((groups, *_layout(row, _GLOBAL_COLUMNS), _sps_max_contribution_scalars(h)), []).append(row)
+                key = (groups, *_layout(row, _GLOBAL_COLUMNS), tuple(h[name] for name in _GLOBAL_HOST_INPUTS))
+                launches.setdefault(key, ([], h))[0].append(row)
                 continue
             else:
                 compute = torch.float64 if param.dtype == torch.float64 else torch.float32
@@ -687,9 +683,9 @@ class SPSMax(torch.optim.Optimizer):
                            if isinstance(t, torch.Tensor) and _local(t).shape == local.shape}
                 contribution = _global_reference(_real(local).to(compute), _real(_local(grad)).to(compute), tensors, h)
             contributions.setdefault(groups, []).append(contribution)
-        for (groups, device, dtypes, aligned, scalars), rows in launches.items():
+        for (groups, device, dtypes, aligned, _), (rows, h) in launches.items():
             contributions.setdefault(groups, []).append(self._multi_tensor_launch(
-                used, _sps_max_contributions_launch, _GLOBAL_COLUMNS, rows, device, dtypes, aligned, scalars))
+                used, _sps_max_contributions_launch, _GLOBAL_COLUMNS, rows, device, dtypes, aligned, h))
         if not contributions:
             return {}
         device = next(iter(contributions.values()))[0].device

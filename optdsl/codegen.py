@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -151,8 +151,8 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         used |= set(view["state_locals"]) | set(plan_staged.device_outputs) | set(plan_staged.host_outputs)
         writes = list(plan_staged.final.stores) + list(plan_staged.device_outputs) + list(plan_staged.host_outputs)
         multi = view["multi"]
-        multi_text = (f"({multi.launcher_name}, {_tuple_literal(multi.columns)}, {multi.scalars_name}, "
-                      f"{multi.host_states_name})" if multi else "None")
+        multi_text = (f"({multi.launcher_name}, {_tuple_literal(multi.columns)}, {_tuple_literal(multi.host_inputs)}, "
+                      f"{multi.host_states_name}, {multi.reduces})" if multi else "None")
         for key in plan_staged.keys:
             touched = [s for s in checked.state_names if s in used or s in _state_reads(checked, key)]
             variant_rows.append((key, view["launcher_name"], touched, writes, multi_text))
@@ -285,6 +285,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         or any(v["multi"] for v in staged["staged_variants"]),
         multi_update=any(v["multi"] for v in staged["staged_variants"]),
         multi_host_states=any(v["multi"] and v["multi"].host_states_name for v in staged["staged_variants"]),
+        multi_reduces=any(v["multi"] and v["multi"].reduces for v in staged["staged_variants"]),
         engine=_engine_layout(checked, condition_inputs, states, hypers) if not plan.staged else None,
         triton_helpers=triton_helpers,
         host_helpers=host_helpers,
@@ -496,6 +497,7 @@ class StagedKernelView:
     temps: int
     uses_rows: bool
     uses_cols: bool
+    row_uniforms: list[str] = field(default_factory=list)  # multi-tensor: one value per tensor, at `row`
 
 
 def _pointer_dtype(tensor: str) -> str:
@@ -593,19 +595,22 @@ def _single_program_kernel(staged, name: str, triton_printer, state_pointer, uni
 
 @dataclass
 class MultiTensorView:
-    """A staged kernel over every tensor of a bucket (the table layout of multi_tensor.py.j2): the
-    kernel, its table columns (then the number of elements), the device values it reads once per
-    program, and the host side: what `scalars_name(h)` reads and computes to return the kernel's
-    scalar arguments (tensors whose arguments are equal share a launch), and the host scalar
-    states (NAdam's `mu_product`) written per tensor."""
+    """A staged variant's step over every tensor of a bucket (the table layout of
+    multi_tensor.py.j2; in a kernel, `row` is the program's tensor): its kernels, their table
+    columns (then the number of elements), and its launcher: the host values it reads from the
+    bucket's `h` (tensors with equal ones share a launch), its host scalars, the per-tensor states
+    it reads as vectors (one value per tensor), and its lines. Plus the host scalar states
+    (NAdam's `mu_product`), written per tensor."""
 
-    kernel: StagedKernelView
+    kernels: list[StagedKernelView]
     columns: list[str]
-    uniforms: list[str]
     launcher_name: str
-    scalars_name: str
     host_inputs: list[str]
     host_defs: list[tuple[str, str]]
+    device_inputs: list[str]  # the loss and global values the kernels read, from `inputs`
+    state_vectors: list[str]
+    lines: list[str]
+    reduces: bool  # per tensor: a sharded tensor steps alone (its reductions all-reduce per tensor)
     host_states_name: str | None = None  # function (state, h): writes the host scalar states
     host_state_lines: list[str] = None
 
@@ -630,22 +635,68 @@ def _words(texts) -> set[str]:
     return {word for text in texts for word in re.findall(r"[A-Za-z_][A-Za-z_0-9]*", text)}
 
 
-def _multi_tensor_view(block: KernelPlan, names: tuple[str, str, str], triton_printer, checked, host_inputs,
-                       host_defs) -> MultiTensorView:
-    """`names`: of the kernel, its launcher and its scalars function."""
-    columns = list(dict.fromkeys(block.loads + block.stores))
-    kernel = _staged_kernel(block, names[0], triton_printer, checked, lambda name: name,
-                            store_dtype=lambda tensor: f"DTYPES[{columns.index(tensor)}]")
-    return MultiTensorView(kernel, columns, list(block.uniforms), names[1], names[2], host_inputs, host_defs)
+def _multi_tensor_kernel(block: KernelPlan, name: str, columns, per_tensor, triton_printer, checked) -> StagedKernelView:
+    view = _staged_kernel(block, name, triton_printer, checked, lambda n: n,
+                          store_dtype=lambda tensor: f"DTYPES[{columns.index(tensor)}]")
+    view.row_uniforms = [u for u in view.uniforms if u in per_tensor]
+    return view
 
 
-def _updates_elementwise(staged, device_inputs) -> bool:
-    """A staged variant whose update is elementwise once the step's global totals and loss are
-    known: no per-tensor reduction pass, no row, column or device scalar state, and no value read
-    per row, column or tensor other than those device inputs (host scalar states are written per
-    tensor on the host). It runs on the multi-tensor launch."""
-    return (not staged.passes and not staged.device_outputs
-            and not staged.final.gathers and set(staged.final.uniforms) <= set(device_inputs))
+def _multi_launch_line(view: StagedKernelView) -> str:
+    pointers = view.uniforms + (["partials"] if view.partials else [])
+    args = ", ".join(["tensors", "chunks", *pointers, *view.scalar_args])
+    return f"{view.name}[grid]({args}, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)"
+
+
+def _multi_tensor_ready(staged, device_inputs, uniform_states) -> bool:
+    """A staged variant that can step many tensors at once: its reductions are per tensor (finished
+    per tensor from one partial per program), its device states one value per tensor, and its
+    kernels read nothing per row or column. Row/column reductions and torch passes step alone."""
+    blocks = [b for _, b in staged.passes] + [staged.final]
+    per_tensor = {str(s.symbol) for s in staged.reductions} | set(uniform_states)
+    return (all(kind == "kernel" for kind, _ in staged.passes)
+            and all(s.over == "tensor" for s in staged.reductions)
+            and set(staged.device_outputs) <= set(uniform_states)
+            and not any(b.gathers for b in blocks)
+            and all(set(b.uniforms) <= set(device_inputs) | per_tensor for b in blocks))
+
+
+def _multi_tensor_view(staged, prefix: str, suffix: str, printers, checked, host_inputs, host_defs,
+                       device_inputs, uniform_states) -> MultiTensorView:
+    triton_printer, torch_printer = printers
+    blocks = [b for _, b in staged.passes] + [staged.final]
+    columns = list(dict.fromkeys(t for b in blocks for t in b.loads + b.stores))
+    per_tensor = {str(s.symbol) for s in staged.reductions} | set(uniform_states)
+    kernels, lines = [], []
+    for level, (_, block) in enumerate(staged.passes, 1):
+        view = _multi_tensor_kernel(block, f"{prefix}_multi_reduce{level}_kernel{suffix}", columns, per_tensor,
+                                    triton_printer, checked)
+        kernels.append(view)
+        lines.append(f"partials = torch.empty((grid[0], {view.partials}), device=tensors.device, dtype=torch.float32)")
+        lines.append(_multi_launch_line(view))
+        targets = ", ".join(str(s.symbol) for s in block.reductions) + ("," if len(block.reductions) == 1 else "")
+        lines.append(f"{targets} = _finish_tensors(partials, lengths, {_tuple_literal([s.op for s in block.reductions])})")
+    final = _multi_tensor_kernel(staged.final, f"{prefix}_multi_kernel{suffix}", columns, per_tensor,
+                                 triton_printer, checked)
+    kernels.append(final)
+    lines.append(_multi_launch_line(final))
+    # All new per-tensor states are computed at one point here, so they share subexpressions (the
+    # per-tensor path computes them where each is needed).
+    shared, news = sympy.cse([staged.torch_block.outputs[f"_new_{name}"] for name in staged.device_outputs],
+                             symbols=sympy.numbered_symbols("_shared", real=True))
+    values = [(str(sym), torch_printer.doprint(expr)) for sym, expr in shared]
+    lines += [f"{sym} = {value}" for sym, value in values]
+    device = set(torch_printer.device)
+    for sym, expr in shared:
+        if expr.free_symbols & device:
+            device.add(sym)
+    torch_printer = type(torch_printer)(device)
+    writes = {name: torch_printer.doprint(expr) for name, expr in zip(staged.device_outputs, news)}
+    lines += [f'_write_per_tensor(states, "{name}", {value})' for name, value in writes.items()]
+    used = _words([line for line in lines if not line.startswith("_write_per_tensor")] + list(writes.values()))
+    return MultiTensorView(kernels, columns, f"{prefix}_multi_launch{suffix}", host_inputs, host_defs,
+                           [d for d in device_inputs if d in used], [s for s in uniform_states if s in used],
+                           lines, bool(staged.reductions))
 
 
 def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
@@ -732,9 +783,10 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
         inputs = launcher_inputs(blocks, host_defs)
         printed_defs = [(str(sym), host_printer.doprint(expr)) for sym, expr in host_defs]
         multi = None
-        if _updates_elementwise(staged, ["loss", *(str(r.symbol) for r in plan.global_reductions)]):
-            names = (f"{prefix}_multi_kernel{suffix}", f"{prefix}_multi_launch{suffix}", f"{prefix}_scalars{suffix}")
-            multi = _multi_tensor_view(staged.final, names, triton_printer, checked, inputs, printed_defs)
+        device_inputs = ["loss", *(str(r.symbol) for r in plan.global_reductions)]
+        if _multi_tensor_ready(staged, device_inputs, uniform_states):
+            multi = _multi_tensor_view(staged, prefix, suffix, (triton_printer, torch_printer), checked, inputs,
+                                       printed_defs, device_inputs, uniform_states)
             if host_state_lines:
                 multi.host_states_name = f"{prefix}_host_states{suffix}"
                 multi.host_state_lines = host_state_lines
@@ -753,9 +805,8 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
         if block.uniforms or block.gathers:
             raise AssertionError("a global reduction's argument is per element: the checker admits no other")
         host_defs = [(str(sym), host_printer.doprint(expr)) for sym, expr in block.host_defs]
-        names = (f"{prefix}_contributions_kernel", f"{prefix}_contributions_launch", f"{prefix}_contribution_scalars")
-        multi = _multi_tensor_view(block, names, triton_printer, checked, launcher_inputs([block], block.host_defs),
-                                   host_defs)
+        columns = list(dict.fromkeys(block.loads + block.stores))
+        kernel = _multi_tensor_kernel(block, f"{prefix}_contributions_kernel", columns, (), triton_printer, checked)
         torch_printer = TorchPrinter(set(plan.lowered.symbol_kinds))
         reference = [(str(sym), torch_printer.doprint(expr)) for sym, expr in block.body]
         finishes = []
@@ -763,7 +814,19 @@ def staged_views(plan: Plan, prefix: str, triton_printer, host_printer) -> dict:
             finish = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin"}[step.op]
             finishes.append((str(step.symbol), step.op, _PARTIAL_FINISH[step.op],
                              f"{finish}({torch_printer.doprint(block.outputs[step.symbol.name])})"))
-        global_view = dict(multi=multi, host_inputs=multi.host_inputs, host_defs=host_defs,
+        # Each contribution in float64: sums accumulate there, max and min are exact.
+        if len({f for _, _, f, _ in finishes}) == 1:
+            total = f"partials.{finishes[0][2]}(0{', dtype=torch.float64' if finishes[0][2] == 'sum' else ''})"
+        else:
+            total = "torch.stack([" + ", ".join(
+                f"partials[:, {i}].{f}({'dtype=torch.float64' if f == 'sum' else ''})"
+                for i, (_, _, f, _) in enumerate(finishes)) + "]).to(torch.float64)"
+        lines = [f"partials = torch.empty((grid[0], {kernel.partials}), device=tensors.device, dtype=torch.float32)",
+                 _multi_launch_line(kernel), f"return {total}"]
+        inputs = launcher_inputs([block], block.host_defs)
+        multi = MultiTensorView([kernel], columns, f"{prefix}_contributions_launch", inputs, host_defs, [], [], lines,
+                                False)
+        global_view = dict(multi=multi, host_inputs=inputs, host_defs=host_defs,
                            reference_body=reference, finishes=finishes)
     return dict(staged_variants=views, global_view=global_view)
 

@@ -1,14 +1,15 @@
 """Multi-tensor launches of the staged runtime (kernels in the CPU interpreter).
 
 A spec with global reductions (clipping by the global norm, Polyak steps) computes every tensor's
-contribution in one launch per bucket, and a variant whose update is elementwise once the step's
-global values and loss are known (all of a global spec's and NAdam's, and e.g. the 1-D branch of
-GC-Adam or AdamP) updates all its tensors in one launch per bucket. A bucket: tensors with the same device,
-dtypes, 16-byte alignment and scalar arguments (so tensors at different step counts, or in groups
-with different hyperparameters, launch apart). Checked here: equal to the per-tensor reference
-with awkward shapes, mixed dtypes, strided and complex params and a group added mid-run; the
-launch counts; launch tables cached across steps and rebuilt when storage changes; every such
-kernel compiles for an H100 (sm_90) with vector loads in aligned buckets.
+contribution in one launch per bucket. A variant whose reductions are per tensor (LAMB, LARS,
+per-tensor clipping, AGR) or global, or that has none (NAdam, the 1-D branch of AdamP or GC-Adam),
+steps all its tensors in one launch per pass per bucket, torch finishing the per-tensor values of
+all of them at once. A bucket: tensors with the same device, dtypes, 16-byte alignment and the
+host values the launch reads (so tensors at different step counts, or in groups with different
+hyperparameters, launch apart). Checked here: equal to the per-tensor reference with awkward
+shapes, mixed dtypes, strided and complex params and a group added mid-run; the launch counts;
+launch tables cached across steps and rebuilt when storage changes; every such kernel compiles
+for an H100 (sm_90) with vector loads in aligned buckets.
 """
 
 import importlib
@@ -156,6 +157,17 @@ def test_launches_per_bucket_not_per_tensor(spec):
     assert (contribution_launches, update_launches) == (3, 4), dict(kernels)
 
 
+def test_lamb_launches_per_pass_not_per_tensor():
+    """LAMB's per-tensor norms: one reduce launch and one update launch for 40 small tensors and
+    one of three programs, and the same fixed number of torch ops for 4 tensors or 41."""
+    params = _aligned(40) + [torch.randn(3 * 1024, requires_grad=True)]
+    kernels, ops, _ = _count("lamb", [{"params": params}])
+    assert sorted(kernels.values()) == [1, 1], dict(kernels)
+    assert sum("_multi_reduce1_kernel" in name for name in kernels) == 1, dict(kernels)
+    _, few_ops, _ = _count("lamb", [{"params": _aligned(4)}])
+    assert ops == few_ops <= 15, (ops, few_ops)
+
+
 def test_gc_adam_launches_its_1d_tensors_together():
     """GC-Adam centralizes only tensors with ndim > 1: the 1-D ones (biases, norms) take one
     multi-tensor launch, each 2-D one its reduce kernel (per-row means) and its update."""
@@ -214,11 +226,17 @@ COMPILE_CHECK = textwrap.dedent('''
     warnings.filterwarnings("ignore")
     sys.path.insert(0, sys.argv[1])
     import importlib
+    import torch
     import triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
     failures, compiled = [], 0
     for spec in sys.argv[2:]:
         module = importlib.import_module("generated." + spec)
+        cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)
+                   and v.__module__ == module.__name__)
+        # flags reach the kernels as Python bools
+        flags = {name for name, value in module._hyperparameters(cls([torch.zeros(1)]).defaults).items()
+                 if isinstance(value, bool)}
         kernels = [k for k in vars(module).values() if isinstance(k, triton.runtime.JITFunction)
                    and k.arg_names[:2] == ["tensors_ptr", "chunks_ptr"]]
         for kernel in sorted(kernels, key=lambda k: k.__name__):
@@ -226,7 +244,8 @@ COMPILE_CHECK = textwrap.dedent('''
                 constexprs = {"DTYPES": dtypes, "ALIGNED": aligned, "BLOCK_SIZE": module.BLOCK_SIZE}
                 signature = {name: "constexpr" if name in constexprs else
                              "*i64" if name in ("tensors_ptr", "chunks_ptr") else
-                             "*fp32" if name.endswith("_ptr") else "fp32" for name in kernel.arg_names}
+                             "*fp32" if name.endswith("_ptr") else
+                             "i1" if name in flags or name.startswith("fresh_") else "fp32" for name in kernel.arg_names}
                 source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
                 ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
                 compiled += 1
