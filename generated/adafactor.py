@@ -629,9 +629,8 @@ def _variant(h):
     return (bool((ndim > 1)),)
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True,): (_adafactor_launch_ndim_gt_1, ("row_var", "col_var"), ("param", "row_var", "col_var"), None),
     (False,): (_adafactor_launch_not_ndim_gt_1, ("variance",), ("param", "variance"), (_adafactor_multi_launch_not_ndim_gt_1, ("param", "grad", "variance"), ("lr", "beta2_decay", "eps1", "eps2", "eps1_is_none", "d", "weight_decay", "maximize", "step", "numel", "machine_eps"), None, True)),

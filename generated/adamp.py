@@ -819,9 +819,8 @@ def _variant(h):
     return (bool(nesterov), bool((ndim > 1)))
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True, True): (_adam_p_launch_nesterov_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),
     (True, False): (_adam_p_launch_nesterov_not_ndim_gt_1, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_p_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "weight_decay", "eps", "maximize", "step"), None, False)),

@@ -690,9 +690,8 @@ def _variant(h):
     return (bool(amsgrad),)
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True,): (_adam_w_clip_tensor_launch_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), (_adam_w_clip_tensor_multi_launch_amsgrad, ("grad", "param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "weight_decay", "maximize", "max_norm", "step"), None, True)),
     (False,): (_adam_w_clip_tensor_launch_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), (_adam_w_clip_tensor_multi_launch_not_amsgrad, ("grad", "param", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "weight_decay", "maximize", "max_norm", "step"), None, True)),

@@ -714,9 +714,8 @@ def _variant(h):
     return (bool(fresh_previous_grad),)
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True,): (_agr_adan_launch_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), (_agr_adan_multi_launch_fresh_previous_grad, ("grad", "param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("lr", "beta1", "beta2", "beta3", "eps", "weight_decay", "step"), None, True)),
     (False,): (_agr_adan_launch_not_fresh_previous_grad, ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), (_agr_adan_multi_launch_not_fresh_previous_grad, ("grad", "param", "exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"), ("lr", "beta1", "beta2", "beta3", "eps", "weight_decay", "step"), None, True)),

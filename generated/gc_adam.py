@@ -977,9 +977,8 @@ def _variant(h):
     return (bool((ndim > 1)), bool(decoupled_weight_decay), bool(amsgrad))
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True, True, True): (_gc_adam_launch_ndim_gt_1_decoupled_weight_decay_amsgrad, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"), None),
     (True, True, False): (_gc_adam_launch_ndim_gt_1_decoupled_weight_decay_not_amsgrad, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq"), None),

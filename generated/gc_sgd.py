@@ -1264,9 +1264,8 @@ def _variant(h):
     return (bool((ndim > 1)), bool((momentum != 0)), bool(fresh_momentum_buffer), bool(nesterov))
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True, True, True, True): (_gcsgd_launch_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),
     (True, True, True, False): (_gcsgd_launch_ndim_gt_1_momentum_ne_0_fresh_momentum_buffer_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), None),

@@ -778,9 +778,8 @@ def _variant(h):
     return (bool(grad_averaging),)
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True,): (_lamb_launch_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), (_lamb_multi_launch_grad_averaging, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "weight_decay", "eps", "maximize", "step"), None, True)),
     (False,): (_lamb_launch_not_grad_averaging, ("exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), ("param", "exp_avg", "exp_avg_sq", "weight_norm", "adam_norm", "trust_ratio"), (_lamb_multi_launch_not_grad_averaging, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "weight_decay", "eps", "maximize", "step"), None, True)),

@@ -1178,9 +1178,8 @@ def _variant(h):
     return (bool((ndim > 1)), bool((momentum > 0)), bool(nesterov))
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True, True, True): (_lars_launch_ndim_gt_1_momentum_gt_0_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_ndim_gt_1_momentum_gt_0_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "weight_decay", "momentum", "dampening", "trust_coefficient", "maximize"), None, True)),
     (True, True, False): (_lars_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("momentum_buffer",), ("param", "momentum_buffer"), (_lars_multi_launch_ndim_gt_1_momentum_gt_0_not_nesterov, ("param", "grad", "momentum_buffer"), ("lr", "weight_decay", "momentum", "dampening", "trust_coefficient", "maximize"), None, True)),

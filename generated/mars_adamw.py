@@ -650,9 +650,8 @@ def _variant(h):
     return (bool((optimize_1d or (ndim >= 2))),)
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True,): (_mars_adam_w_launch_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), (_mars_adam_w_multi_launch_optimize_1d_or_ndim_ge_2, ("grad", "last_grad", "param", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "gamma", "weight_decay", "eps", "maximize", "step"), None, True)),
     (False,): (_mars_adam_w_launch_not_optimize_1d_or_ndim_ge_2, ("exp_avg", "exp_avg_sq", "last_grad"), ("param", "exp_avg", "exp_avg_sq", "last_grad"), (_mars_adam_w_multi_launch_not_optimize_1d_or_ndim_ge_2, ("param", "grad", "exp_avg", "exp_avg_sq", "last_grad"), ("lr_1d", "beta1_1d", "beta2_1d", "weight_decay_1d", "eps", "maximize", "step"), None, False)),

@@ -565,9 +565,8 @@ def _variant(h):
     return (bool(decoupled_weight_decay),)
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True,): (_n_adam_launch_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay", "maximize", "step", "mu_product"), _n_adam_host_states_decoupled_weight_decay, False)),
     (False,): (_n_adam_launch_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq", "mu_product"), ("param", "exp_avg", "exp_avg_sq", "mu_product"), (_n_adam_multi_launch_not_decoupled_weight_decay, ("param", "grad", "exp_avg", "exp_avg_sq"), ("lr", "beta1", "beta2", "eps", "weight_decay", "momentum_decay", "maximize", "step", "mu_product"), _n_adam_host_states_not_decoupled_weight_decay, False)),

@@ -205,7 +205,7 @@ def _condition(x):
 
 
 @_jit
-def _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5(
+def _r_adam_kernel_decoupled_weight_decay(
     tensors_ptr, chunks_ptr, hypers_ptr,
     DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
@@ -237,6 +237,7 @@ def _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5(
     h5 = h2 + 5.0
     h6 = h2 + 3.0
     bc1 = 1.0 - _scalar_pow(beta1, step)
+    h7 = lr/bc1
     bc2 = 1.0 - h0
     h4 = 2.0*h0*step/bc2
     rho_inf = -h3
@@ -245,7 +246,9 @@ def _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5(
     c1 = h1
     c2 = tl.where(maximize, -1.0, 1.0)
     c3 = 1.0 - beta1
-    c4 = -tl.sqrt(bc2)*lr*tl.sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))/bc1
+    c4 = -tl.sqrt(bc2)*h7*tl.sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))
+    rho_t_gt_5 = _condition((rho_t > 5.0))
+    c5 = -h7
     beta2 = tl.cast(beta2, tl.float32)
     eps = tl.cast(eps, tl.float32)
     c0 = tl.cast(c0, tl.float32)
@@ -253,6 +256,7 @@ def _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5(
     c2 = tl.cast(c2, tl.float32)
     c3 = tl.cast(c3, tl.float32)
     c4 = tl.cast(c4, tl.float32)
+    c5 = tl.cast(c5, tl.float32)
     if MASTER_WEIGHTS:  # the float32 copy is the parameter
         param = tl.load(master_ptr + offsets, mask=mask)
     else:
@@ -260,10 +264,11 @@ def _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5(
     grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
     exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
+    tmp0 = c0*param
     exp_avg_sq_new = beta2*exp_avg_sq + c1*grad * grad
     g = c2*grad
     exp_avg_new = c3*(-exp_avg + g) + exp_avg
-    param_new = c0*param + c4*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new))
+    param_new = tl.where(rho_t_gt_5, c4*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + tmp0, c5*exp_avg_new + tmp0)
     tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
     if MASTER_WEIGHTS:
         tl.store(master_ptr + offsets, param_new, mask=mask)
@@ -272,62 +277,7 @@ def _r_adam_kernel_decoupled_weight_decay_rho_t_gt_5(
 
 
 @_jit
-def _r_adam_kernel_decoupled_weight_decay_not_rho_t_gt_5(
-    tensors_ptr, chunks_ptr, hypers_ptr,
-    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    chunk_ptr = chunks_ptr + 2 * pid
-    row = tl.load(chunk_ptr)  # the program's tensor
-    row_ptr = tensors_ptr + 7 * row
-    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
-    n_elements = tl.load(row_ptr + 6)
-    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
-        n_elements = tl.multiple_of(n_elements, 16)
-    mask = offsets < n_elements
-    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
-    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
-    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
-    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
-    master_ptr = _address(row_ptr, 5, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
-    step = tl.load(_address(row_ptr, 4, DTYPES[4], False)).to(tl.float64)
-    lr = tl.load(hypers_ptr + 0)
-    beta1 = tl.load(hypers_ptr + 1)
-    beta2 = tl.load(hypers_ptr + 2)
-    weight_decay = tl.load(hypers_ptr + 4)
-    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
-    bc1 = 1.0 - _scalar_pow(beta1, step)
-    c0 = -lr*weight_decay + 1.0
-    c1 = tl.where(maximize, -1.0, 1.0)
-    c2 = 1.0 - beta1
-    c3 = -lr/bc1
-    c4 = 1.0 - beta2
-    beta2 = tl.cast(beta2, tl.float32)
-    c0 = tl.cast(c0, tl.float32)
-    c1 = tl.cast(c1, tl.float32)
-    c2 = tl.cast(c2, tl.float32)
-    c3 = tl.cast(c3, tl.float32)
-    c4 = tl.cast(c4, tl.float32)
-    if MASTER_WEIGHTS:  # the float32 copy is the parameter
-        param = tl.load(master_ptr + offsets, mask=mask)
-    else:
-        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
-    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
-    exp_avg_sq_new = beta2*exp_avg_sq + c4*grad * grad
-    g = c1*grad
-    exp_avg_new = c2*(-exp_avg + g) + exp_avg
-    param_new = c0*param + c3*exp_avg_new
-    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
-    if MASTER_WEIGHTS:
-        tl.store(master_ptr + offsets, param_new, mask=mask)
-    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
-
-
-@_jit
-def _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5(
+def _r_adam_kernel_not_decoupled_weight_decay(
     tensors_ptr, chunks_ptr, hypers_ptr,
     DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
@@ -359,6 +309,7 @@ def _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5(
     h5 = h2 + 5.0
     h6 = h2 + 3.0
     bc1 = 1.0 - _scalar_pow(beta1, step)
+    h7 = lr/bc1
     bc2 = 1.0 - h0
     h4 = 2.0*h0*step/bc2
     rho_inf = -h3
@@ -366,7 +317,9 @@ def _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5(
     c0 = tl.where(maximize, -1.0, 1.0)
     c1 = h1
     c2 = 1.0 - beta1
-    c3 = -tl.sqrt(bc2)*lr*tl.sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))/bc1
+    c3 = -tl.sqrt(bc2)*h7*tl.sqrt(rho_inf*(-h4 - h5)*(-h4 - h6)/(h5*h6*rho_t))
+    rho_t_gt_5 = _condition((rho_t > 5.0))
+    c4 = -h7
     beta2 = tl.cast(beta2, tl.float32)
     eps = tl.cast(eps, tl.float32)
     weight_decay = tl.cast(weight_decay, tl.float32)
@@ -374,6 +327,7 @@ def _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5(
     c1 = tl.cast(c1, tl.float32)
     c2 = tl.cast(c2, tl.float32)
     c3 = tl.cast(c3, tl.float32)
+    c4 = tl.cast(c4, tl.float32)
     if MASTER_WEIGHTS:  # the float32 copy is the parameter
         param = tl.load(master_ptr + offsets, mask=mask)
     else:
@@ -386,63 +340,7 @@ def _r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5(
     exp_avg_new = c2*(-exp_avg + tmp0) + exp_avg
     g_2 = tmp0
     exp_avg_sq_new = beta2*exp_avg_sq + c1*g_2 * g_2
-    param_new = c3*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param
-    tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
-    if MASTER_WEIGHTS:
-        tl.store(master_ptr + offsets, param_new, mask=mask)
-    tl.store(exp_avg_ptr + offsets, (exp_avg_new).to(DTYPES[2]), mask=mask)
-    tl.store(exp_avg_sq_ptr + offsets, (exp_avg_sq_new).to(DTYPES[3]), mask=mask)
-
-
-@_jit
-def _r_adam_kernel_not_decoupled_weight_decay_not_rho_t_gt_5(
-    tensors_ptr, chunks_ptr, hypers_ptr,
-    DTYPES: tl.constexpr, MASTER_WEIGHTS: tl.constexpr, ALIGNED: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    chunk_ptr = chunks_ptr + 2 * pid
-    row = tl.load(chunk_ptr)  # the program's tensor
-    row_ptr = tensors_ptr + 7 * row
-    offsets = tl.multiple_of(tl.load(chunk_ptr + 1), BLOCK_SIZE) + tl.arange(0, BLOCK_SIZE)
-    n_elements = tl.load(row_ptr + 6)
-    if ALIGNED:  # and every size is a multiple of 16, so masks are constant over a vector
-        n_elements = tl.multiple_of(n_elements, 16)
-    mask = offsets < n_elements
-    param_ptr = _address(row_ptr, 0, DTYPES[0], ALIGNED)
-    grad_ptr = _address(row_ptr, 1, DTYPES[1], ALIGNED)
-    exp_avg_ptr = _address(row_ptr, 2, DTYPES[2], ALIGNED)
-    exp_avg_sq_ptr = _address(row_ptr, 3, DTYPES[3], ALIGNED)
-    master_ptr = _address(row_ptr, 5, tl.float32, ALIGNED)  # used with MASTER_WEIGHTS only
-    step = tl.load(_address(row_ptr, 4, DTYPES[4], False)).to(tl.float64)
-    lr = tl.load(hypers_ptr + 0)
-    beta1 = tl.load(hypers_ptr + 1)
-    beta2 = tl.load(hypers_ptr + 2)
-    weight_decay = tl.load(hypers_ptr + 4)
-    maximize = _condition(tl.load(hypers_ptr + 6) != 0)
-    bc1 = 1.0 - _scalar_pow(beta1, step)
-    c0 = tl.where(maximize, -1.0, 1.0)
-    c1 = 1.0 - beta1
-    c2 = -lr/bc1
-    c3 = 1.0 - beta2
-    beta2 = tl.cast(beta2, tl.float32)
-    weight_decay = tl.cast(weight_decay, tl.float32)
-    c0 = tl.cast(c0, tl.float32)
-    c1 = tl.cast(c1, tl.float32)
-    c2 = tl.cast(c2, tl.float32)
-    c3 = tl.cast(c3, tl.float32)
-    if MASTER_WEIGHTS:  # the float32 copy is the parameter
-        param = tl.load(master_ptr + offsets, mask=mask)
-    else:
-        param = tl.load(param_ptr + offsets, mask=mask).to(tl.float32)
-    grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
-    exp_avg = tl.load(exp_avg_ptr + offsets, mask=mask).to(tl.float32)
-    exp_avg_sq = tl.load(exp_avg_sq_ptr + offsets, mask=mask).to(tl.float32)
-    g = c0*grad
-    tmp0 = g + param*weight_decay
-    exp_avg_new = c1*(-exp_avg + tmp0) + exp_avg
-    g_2 = tmp0
-    exp_avg_sq_new = beta2*exp_avg_sq + c3*g_2 * g_2
-    param_new = c2*exp_avg_new + param
+    param_new = tl.where(rho_t_gt_5, c3*exp_avg_new/(eps + tl.sqrt(exp_avg_sq_new)) + param, c4*exp_avg_new + param)
     tl.store(param_ptr + offsets, param_new.to(DTYPES[0]), mask=mask)
     if MASTER_WEIGHTS:
         tl.store(master_ptr + offsets, param_new, mask=mask)
@@ -461,7 +359,8 @@ def _bucket(kernel, row, cached):
 
 
 # ---------------------------------------------------------------------------------------------
-# Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel.
+# Dispatch: each `if` in the spec is decided per tensor on the host and selects a kernel; the
+# engine's kernels decide an `if` on the step themselves (see _engine_variant).
 
 
 def _variant(h):
@@ -473,10 +372,24 @@ def _variant(h):
 
 # variant -> (kernel, states it touches, tensors it writes)
 _VARIANTS = {
-    (True, True): (_r_adam_kernel_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
-    (True, False): (_r_adam_kernel_decoupled_weight_decay_not_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
-    (False, True): (_r_adam_kernel_not_decoupled_weight_decay_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
-    (False, False): (_r_adam_kernel_not_decoupled_weight_decay_not_rho_t_gt_5, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (True, True): (_r_adam_kernel_decoupled_weight_decay, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (True, False): (_r_adam_kernel_decoupled_weight_decay, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (False, True): (_r_adam_kernel_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (False, False): (_r_adam_kernel_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+}
+
+
+def _engine_variant(h):
+    """The variant for the Triton engine: its kernels decide `rho_t > 5` per program, from the step
+    on the device, so the host picks the kernel by the other conditions alone."""
+    decoupled_weight_decay = h["decoupled_weight_decay"]
+    return (bool(decoupled_weight_decay),)
+
+
+# engine variant -> (kernel, states any of its branches touches, tensors it writes)
+_ENGINE_VARIANTS = {
+    (True,): (_r_adam_kernel_decoupled_weight_decay, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
+    (False,): (_r_adam_kernel_not_decoupled_weight_decay, ("exp_avg", "exp_avg_sq"), ("param", "exp_avg", "exp_avg_sq")),
 }
 
 
@@ -578,9 +491,9 @@ def _kernel_hyperparameters(group):
 
 
 def _host_hyperparameters(group, capturable):
-    """The hyperparameters the host reads itself (beta2, decoupled_weight_decay): to choose a kernel or to
+    """The hyperparameters the host reads itself (decoupled_weight_decay): to choose a kernel or to
     start a state. A tensor among them would be read with .item(), a host sync."""
-    values = {"beta2": group["betas"][1], "decoupled_weight_decay": group["decoupled_weight_decay"]}
+    values = {"decoupled_weight_decay": group["decoupled_weight_decay"]}
     for name, value in values.items():
         if capturable and isinstance(value, torch.Tensor):
             raise RuntimeError(f"capturable: {name} is read on the host, so it must be a number, not a tensor")
@@ -651,7 +564,7 @@ class RAdam(torch.optim.Optimizer):
         capturable: never read a device value on the host inside `step` (so a CUDA graph can
             capture it): hyperparameters may be 0-dim device tensors, read by the kernels.
             Raises where the rule would need a host read (a kernel chosen by a tensor
-            hyperparameter or, as here, by the step count).
+            hyperparameter).
         master_weights: keep a float32 copy of float16/bfloat16 parameters in state
             `master_param`; the update reads and writes the copy, the parameter gets it rounded.
         state_dtype: the dtype of every state (or a dict: state name -> dtype). Default: float32
@@ -820,8 +733,7 @@ class RAdam(torch.optim.Optimizer):
 
     def _step_triton(self, index, group, params):
         """Update `params` (all with grads) of param group `index`: one launch counts every
-        step, then one kernel launch per bucket. Nothing here reads a device value on the host,
-        except the step count, which chooses the kernel."""
+        step, then one kernel launch per bucket. Nothing here reads a device value on the host."""
         host = _host_hyperparameters(group, self.capturable)
         buckets = {}
         steps = []
@@ -837,10 +749,7 @@ class RAdam(torch.optim.Optimizer):
             elif state["step"].device != param.device:  # e.g. loaded from a checkpoint: the kernel reads it
                 state["step"] = state["step"].to(param.device)
             steps.append(state["step"])
-            if self.capturable:
-                raise RuntimeError("capturable: RAdam chooses its kernel from the step count, which lives on the device")
-            h["step"] = float(state["step"]) + 1  # a host read
-            kernel, touched, writes = _VARIANTS[_variant(h)]
+            kernel, touched, writes = _ENGINE_VARIANTS[_engine_variant(h)]
             for name in touched:
                 if name not in state:
                     state[name] = self._new_state(name, param, h)

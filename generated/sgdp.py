@@ -746,9 +746,8 @@ def _variant(h):
     return (bool(nesterov), bool((ndim > 1)))
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (True, True): (_sgdp_launch_nesterov_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), None),
     (True, False): (_sgdp_launch_nesterov_not_ndim_gt_1, ("momentum_buffer",), ("param", "momentum_buffer"), (_sgdp_multi_launch_nesterov_not_ndim_gt_1, ("param", "grad", "momentum_buffer"), ("lr", "momentum", "dampening", "weight_decay", "maximize"), None, False)),

@@ -398,9 +398,8 @@ def _variant(h):
     return ()
 
 
-# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch: (launcher, table
-# columns, scalar arguments, host scalar states) when the update is elementwise given the step's
-# global values)
+# variant -> (launcher, states it touches, tensors it writes, multi-tensor launch or None: (launcher,
+# table columns, host values a bucket shares, writer of the host scalar states, reduces per tensor))
 _VARIANTS = {
     (): (_sps_launch, (), ("param",), (_sps_multi_launch, ("param", "grad"), ("lr", "c", "f_star", "eps"), None, False)),
 }

@@ -161,13 +161,15 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         # The reference runs the spec as written, so it also reads states the IR simplified away.
         read = _state_reads(checked, key)
         touched = [s for s in checked.state_names if s in kernel.tensors or s in read]
-        writes = [t for t in kernel.plan.stores]
+        # A kernel that decides a condition itself stores every output of its branches; the
+        # reference writes back what this variant's branch assigns.
+        assigned = next(v for v in plan.lowered.variants if v.key == tuple(key)).outputs
+        writes = [t for t in kernel.plan.stores if t in assigned]
         variant_rows.append((key, kernel.kernel_name, touched, writes, None))
     variant_rows.sort(key=lambda row: [not b for b in row[0]])
 
     conditions = [host_printer.doprint(c) for c in plan.lowered.conditions]
-    condition_inputs = sorted({s.name for c in plan.lowered.conditions for s in c.free_symbols},
-                              key=lambda n: _host_order(checked).index(n) if n in _host_order(checked) else 0)
+    condition_inputs = _condition_inputs(checked, plan.lowered.conditions)
 
     reference_lines = _reference_body(checked, ref_printer)
     inplace_lines = None
@@ -229,6 +231,13 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         init_inputs = [n for n in checked.hyper_scalars if re.search(rf"\b{n}\b", init)]
         states.append(dict(name=state.name, init=init, inputs=init_inputs, dtype=dtype, host=False))
 
+    engine = None  # the multi-tensor engine: elementwise specs only
+    if not plan.staged:
+        host_decided = [i for i in range(len(conditions)) if i not in plan.kernel_conditions]
+        host_inputs = _condition_inputs(checked, [plan.lowered.conditions[i] for i in host_decided])
+        engine = _engine_layout(checked, host_inputs, states, hypers)
+        engine.update(_engine_variants(plan, checked, kernels, variant_rows, host_decided, conditions, ref_printer))
+
     triton_helpers = [TRITON_HELPERS[h] for h in sorted(triton_printer.helpers | scalar_printer.helpers)]
     host_needed = set(host_printer.helpers) | set(ref_printer.helpers)
     for helper in list(host_needed):
@@ -286,7 +295,7 @@ def render(plan: Plan, spec_text: str, spec_path: str) -> str:
         multi_update=any(v["multi"] for v in staged["staged_variants"]),
         multi_host_states=any(v["multi"] and v["multi"].host_states_name for v in staged["staged_variants"]),
         multi_reduces=any(v["multi"] and v["multi"].reduces for v in staged["staged_variants"]),
-        engine=_engine_layout(checked, condition_inputs, states, hypers) if not plan.staged else None,
+        engine=engine,
         triton_helpers=triton_helpers,
         host_helpers=host_helpers,
     )
@@ -310,7 +319,8 @@ def _table_columns(checked: CheckedSpec) -> list[str]:
 def _engine_layout(checked: CheckedSpec, condition_inputs, states, hypers) -> dict:
     """What the launcher side of the multi-tensor engine needs: table columns, the order of the
     hyperparameter buffer (each scalar with where the param group holds it), and the
-    hyperparameters the host itself reads."""
+    hyperparameters the host itself reads. `condition_inputs`: what the conditions the host
+    decides read."""
     columns = _table_columns(checked)
     sources = {}
     for hyper in hypers:
@@ -327,7 +337,36 @@ def _engine_layout(checked: CheckedSpec, condition_inputs, states, hypers) -> di
         tensor_columns=columns[: columns.index("numel")],
         hypers=list(checked.hyper_scalars),
         host_reads=host_reads,
+        condition_inputs=condition_inputs,
         variant_reads_step="step" in condition_inputs,
+    )
+
+
+def _condition_inputs(checked: CheckedSpec, conditions) -> list[str]:
+    """The host names `conditions` read, in the order of the spec's host values."""
+    order = _host_order(checked)
+    return sorted({s.name for c in conditions for s in c.free_symbols},
+                  key=lambda n: order.index(n) if n in order else 0)
+
+
+def _engine_variants(plan: Plan, checked: CheckedSpec, kernels, variant_rows, host_decided, conditions,
+                     ref_printer) -> dict:
+    """How the engine picks a kernel when some conditions are decided in the kernels (they read
+    the step): by the other conditions only, each kernel touching and writing what any of its
+    branches does. Empty when the host decides every condition (the engine uses `_VARIANTS`)."""
+    if not plan.kernel_conditions:
+        return dict(kernel_conditions=[])
+    rows: dict = {}
+    for key, kernel_name, touched, _, _ in variant_rows:
+        host_key = tuple(key[i] for i in host_decided)
+        kernel = next(k for k in kernels if k.kernel_name == kernel_name)
+        row = rows.setdefault(host_key, (kernel_name, set(), kernel.plan.stores))
+        row[1].update(touched)
+    return dict(
+        kernel_conditions=[ref_printer.expr(checked.conditions[i]) for i in plan.kernel_conditions],
+        host_conditions=[conditions[i] for i in host_decided],
+        rows=[(key, name, [s for s in checked.state_names if s in touched], writes)
+              for key, (name, touched, writes) in rows.items()],
     )
 
 

@@ -7,7 +7,9 @@
   `g * c` with `c = where(flag, -1, 1)`.
 * Naming: subexpressions equal to a value the spec bound to a name keep that name.
 * CSE: remaining common subexpressions are computed once (`tmp0`, `tmp1`, ...).
-Variants whose kernels come out identical share one kernel.
+Variants whose kernels come out identical share one kernel. In an elementwise spec, variants that
+differ only in conditions on the step also share one: it decides those conditions per program
+(the multi-tensor engine keeps the step on the device).
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class Plan:
     global_pass: Optional[KernelPlan] = None  # contributions of one tensor to every global reduction
     global_reductions: list[ReductionStep] = field(default_factory=list)
     global_values: dict = field(default_factory=dict)  # id(global call in the AST) -> its value
+    # Indices of the conditions each kernel program decides itself (they read the device step);
+    # the host decides the others and picks the kernel by them.
+    kernel_conditions: list[int] = field(default_factory=list)
 
     def kernel_for(self, key) -> KernelPlan:
         return next(k for k in self.kernels if tuple(key) in k.keys)
@@ -299,18 +304,66 @@ def plan(lowered: LoweredSpec) -> Plan:
     if lowered.staged:
         return _plan_staged(lowered)
     result = Plan(lowered)
+    result.kernel_conditions = [i for i, c in enumerate(lowered.conditions) if "step" in {s.name for s in c.free_symbols}]
     by_signature: dict = {}
-    for variant in lowered.variants:
+    for variant, keys in _merge_step_conditions(lowered, result.kernel_conditions):
         kernel = plan_variant(lowered, variant)
+        kernel.keys = keys
         signature = (tuple(kernel.loads), tuple(kernel.stores), tuple(kernel.host_defs), tuple(kernel.scalar_args),
                      tuple(kernel.body), tuple(kernel.outputs.items()))
         if signature in by_signature:
-            by_signature[signature].keys.append(variant.key)
+            by_signature[signature].keys.extend(keys)
         else:
             by_signature[signature] = kernel
             result.kernels.append(kernel)
     _name_kernels(result)
     return result
+
+
+def _merge_step_conditions(lowered: LoweredSpec, kernel_conditions: list[int]):
+    """(variant, keys it stands for) per kernel to plan. Variants that differ only in conditions
+    on the step merge into one whose outputs select between their values with those conditions
+    (a Piecewise, as a where() with host conditions): each program decides them from its tensor's
+    step, which lives on the device, so the host picks the kernel without reading it. An output
+    one of them leaves unassigned keeps its old value there."""
+    if not kernel_conditions:
+        return [(variant, [variant.key]) for variant in lowered.variants]
+    labels = [_condition_label(c) for c in lowered.checked.conditions]
+    groups: dict = {}
+    for variant in lowered.variants:
+        host_key = tuple(b for i, b in enumerate(variant.key) if i not in kernel_conditions)
+        groups.setdefault(host_key, []).append(variant)
+    conditions = [lowered.conditions[i] for i in kernel_conditions]
+    merged = []
+    for variants in groups.values():
+        names = list(dict.fromkeys(n for v in variants for n in v.outputs))
+        outputs = {}
+        for name in names:
+            values = {tuple(v.key[i] for i in kernel_conditions): v.outputs.get(name, sympy.Symbol(name, real=True))
+                      for v in variants}
+            outputs[name] = _select(values, conditions)
+        # The conditions keep the spec's wording as names (`rho_t_gt_5`), then each branch's locals.
+        local_names = [(labels[i], lowered.conditions[i]) for i in kernel_conditions]
+        local_names += list(dict.fromkeys(pair for v in variants for pair in v.local_names))
+        found = sorted({n for v in variants for n in v.global_reductions}, key=sympy.default_sort_key)
+        merged.append((Variant(variants[0].key, outputs, local_names, found), [v.key for v in variants]))
+    return merged
+
+
+def _select(values: dict, conditions: list) -> sympy.Expr:
+    """The value for each combination of `conditions` (a key of booleans -> value) as one
+    expression: a Piecewise that tests the conditions in order, skipping a condition whose
+    branches agree (an `elif` after a taken `if`)."""
+    if not conditions:
+        return values[()]
+    taken = _select({key[1:]: v for key, v in values.items() if key[0]}, conditions[1:])
+    other = _select({key[1:]: v for key, v in values.items() if not key[0]}, conditions[1:])
+    if taken == other:
+        return taken
+    rest = other.args if isinstance(other, sympy.Piecewise) else ((other, True),)
+    # Unevaluated: SymPy would rewrite the conditions (`rho_t > 5` as `... < -6`), which then no
+    # longer match the names the spec gives them.
+    return sympy.Piecewise((taken, conditions[0]), *rest, evaluate=False)
 
 
 def _name_kernels(result: Plan) -> None:

@@ -99,19 +99,21 @@ def count_launches(module, opt):
     kernels: Counter = Counter()
     recorder = _Recorder(host_tensors(opt))
     originals = {name: obj for name, obj in vars(module).items() if isinstance(obj, KERNEL_TYPES)}
-    # The multi-tensor engine's dispatch table holds the kernels themselves.
-    variants = dict(getattr(module, "_VARIANTS", {}))
+    # The multi-tensor engine's dispatch tables hold the kernels themselves (_ENGINE_VARIANTS: a
+    # spec whose kernels decide a condition on the step).
+    tables = {name: dict(getattr(module, name)) for name in ("_VARIANTS", "_ENGINE_VARIANTS") if hasattr(module, name)}
     try:
         wrapped = {id(kernel): _CountingKernel(kernel, recorder, kernels) for kernel in originals.values()}
         for name, kernel in originals.items():
             setattr(module, name, wrapped[id(kernel)])
-        for key, (first, *rest) in variants.items():
-            if id(first) in wrapped:
-                module._VARIANTS[key] = (wrapped[id(first)], *rest)
+        for name, rows in tables.items():
+            for key, (first, *rest) in rows.items():
+                if id(first) in wrapped:
+                    getattr(module, name)[key] = (wrapped[id(first)], *rest)
         with recorder:
             yield kernels, recorder.ops
     finally:
         for name, kernel in originals.items():
             setattr(module, name, kernel)
-        if variants:
-            module._VARIANTS.update(variants)
+        for name, rows in tables.items():
+            getattr(module, name).update(rows)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from harness import make_grads, rel_error
+from optdsl.compiler import load_module
 from records import ALL_RECORDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,11 +233,14 @@ def _no_host_reads():
             setattr(torch.Tensor, name, fn)
 
 
-CAPTURABLE = ["adamw", "adam", "sgd", "lion", "adagrad", "rmsprop"]
+# RAdam's `if rho_t > 5` reads the step: its kernels decide it, so the host reads nothing either.
+CAPTURABLE = ["adamw", "adam", "sgd", "lion", "adagrad", "rmsprop", "radam"]
 
 
 @pytest.mark.parametrize("spec", CAPTURABLE)
 def test_capturable_tensor_hyperparameters_without_host_reads(spec):
+    """Over 8 steps (RAdam's rho_t passes 5 at step 6 with the default betas), params and every
+    state equal the reference after each step."""
     record = next(r for r in ENGINE_RECORDS if r.spec == spec)
     cls = record.generated
     config = dict(record.configs[-1])
@@ -253,7 +257,7 @@ def test_capturable_tensor_hyperparameters_without_host_reads(spec):
     tri_params = _clone(ref_params)
     ref = cls(ref_params, backend="torch", **config)
     tri = cls(tri_params, backend="triton", capturable=True, **tensor_config)
-    for step in range(1, 4):
+    for step in range(1, 9):
         if step == 3:  # a scheduler changing the tensor in place
             tri.param_groups[0]["lr"].mul_(0.5)
             ref.param_groups[0]["lr"] = float(tri.param_groups[0]["lr"])
@@ -271,17 +275,89 @@ def test_capturable_tensor_hyperparameters_without_host_reads(spec):
     assert all(tri.state[p]["step"].device == p.device for p in tri_params if "step" in tri.state[p])
 
 
+WARMUP_SPEC = textwrap.dedent('''
+    optimizer Warmup """Conditions on the step: an `if`/`elif` chain, a state that one branch assigns."""
+
+    hyper lr = 0.1
+    hyper warmup = 3
+    hyper nesterov = false
+
+    state buf = 0
+    state peak = 0
+
+    update {
+        if step <= warmup {
+            s = lr * step / warmup
+            buf = grad
+        } elif step > 2 * warmup {
+            s = lr / 2
+            peak = max(peak, abs(grad))
+        } else {
+            s = lr
+        }
+        if nesterov {
+            param = param - s * (grad + buf)
+        } else {
+            param = param - s * buf - 0.01 * peak
+        }
+    }
+''')
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_conditions_on_the_step_are_decided_in_the_kernel(tmp_path, nesterov):
+    """Variants that differ only in conditions on the step share one kernel, which selects the
+    branch per program: the host picks the kernel by `nesterov` alone, reads nothing (capturable,
+    tensor lr), creates every state any branch touches, and matches the reference, which decides
+    on the host, through all three branches (steps 1-3, 4-6, 7-9)."""
+    path = tmp_path / "warmup.opt"
+    path.write_text(WARMUP_SPEC)
+    module = load_module(path)
+    assert [k.__name__ for k, _, _ in module._ENGINE_VARIANTS.values()] == \
+        ["_warmup_kernel_nesterov", "_warmup_kernel_not_nesterov"]
+    ref_params = [torch.randn(n, requires_grad=True) for n in (5, 40)]
+    tri_params = _clone(ref_params)
+    ref = module.Warmup(ref_params, backend="torch", nesterov=nesterov)
+    tri = module.Warmup(tri_params, backend="triton", capturable=True, nesterov=nesterov, lr=torch.tensor(0.1))
+    for step in range(1, 10):
+        _set_grads(ref_params, tri_params, step=step)
+        ref.step()
+        if step == 1:
+            tri.step()
+        else:
+            with _no_host_reads():
+                tri.step()
+        for a, b in zip(tri_params, ref_params):
+            assert rel_error(a, b) <= 1e-5, step
+            assert set(_states(tri, a)) == set(_states(ref, b)) == {"buf", "peak"}
+            for name in _states(ref, b):
+                assert rel_error(tri.state[a][name], ref.state[b][name]) <= 1e-5, (step, name)
+
+
 def test_capturable_refuses_a_kernel_chosen_on_the_host():
-    radam = next(r for r in ENGINE_RECORDS if r.spec == "radam").generated
+    """A tensor hyperparameter that the host must read (to pick the kernel, or to start a state)
+    is refused under capturable=True. A condition on the step is no such case: the kernels decide
+    it (RAdam's `rho_t > 5`), even with tensor betas."""
     p = torch.randn(4, requires_grad=True)
-    opt = radam([p], backend="triton", capturable=True)
     p.grad = torch.ones(4)
-    with pytest.raises(RuntimeError, match="capturable"):
+    refused = [("sgd", dict(lr=0.1, momentum=torch.tensor(0.9)), "momentum"),  # `if momentum != 0`
+               ("rmsprop", dict(momentum=torch.tensor(0.9)), "momentum"),
+               ("adagrad", dict(initial_accumulator_value=torch.tensor(0.1)), "initial_accumulator_value")]
+    for spec, config, name in refused:
+        cls = next(r for r in ENGINE_RECORDS if r.spec == spec).generated
+        opt = cls([p], backend="triton", capturable=True, **config)
+        with pytest.raises(RuntimeError, match=f"capturable: {name} is read on the host"):
+            opt.step()
+    radam = _module_of("radam")
+    assert radam.RAdam([p], backend="triton", capturable=True).step() is None
+    betas = (torch.tensor(0.9), torch.tensor(0.999))
+    opt = radam.RAdam([p], backend="triton", capturable=True, betas=betas, decoupled_weight_decay=True)
+    opt.step()
+    with _no_host_reads():
         opt.step()
-    sgd = next(r for r in ENGINE_RECORDS if r.spec == "sgd").generated
-    opt = sgd([p], backend="triton", capturable=True, lr=0.1, momentum=torch.tensor(0.9))
-    with pytest.raises(RuntimeError, match="capturable: momentum"):
-        opt.step()
+    assert float(opt.state[p]["step"]) == 2
+    # The reference still decides `rho_t > 5` on the host, so the engine has its own dispatch.
+    assert radam._engine_variant({"decoupled_weight_decay": True}) == (True,)
 
 
 def test_hyperparameter_values_never_change_the_launch_signature():

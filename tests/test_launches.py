@@ -102,6 +102,29 @@ def test_launches_per_step(record):
         assert kernels == levels + 1, f"{record.spec}: {kernels} kernels for one tensor over BLOCK_SIZE"
 
 
+def test_radam_decides_rho_t_in_the_kernel():
+    """RAdam's `if rho_t > 5` reads the step, which the kernels decide per program: one launch
+    for the float32 tensors at every step, before rho_t passes 5 (step 6 with the default betas)
+    and after, and the same kernel throughout."""
+    record = next(r for r in ALL_RECORDS if r.spec == "radam")
+    module = importlib.import_module("generated.radam")
+    params = make_params(SMALL, torch.float32)
+    opt = record.generated(params, backend="triton")
+    hyperparameters = module._hyperparameters(opt.param_groups[0])
+    switched, launched = [], []
+    for step in range(1, 9):
+        _gradients(record, params, step)
+        with count_launches(module, opt) as (kernels, ops):
+            opt.step()
+        assert sum(kernels.values()) == 1, f"step {step}: {dict(kernels)}"
+        if step > 1:  # the first step creates the states and the launch tables
+            assert sum(ops.values()) == 0, f"step {step}: {dict(ops)}"
+        switched.append(module._variant(dict(hyperparameters, step=float(step)))[1])
+        launched += list(kernels)
+    assert switched == [False] * 5 + [True] * 3
+    assert len(set(launched)) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the host-sync check runs on a GPU")
 def test_staged_steps_never_sync_with_the_host_on_cuda():
     """Reduced values, the loss and global totals stay on the device: for every spec with
