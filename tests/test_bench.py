@@ -60,3 +60,17 @@ def test_bench_cli_writes_json_and_markdown(tmp_path, capsys):
         expected = {("adamw", "fp32"): 28, ("sgd", "fp32"): 20, ("adamw", "bf16"): 22, ("sgd", "bf16"): 14}
         assert ours["bytes_per_param"] == pytest.approx(expected[entry["optimizer"], entry["dtype"]])
         assert ours["state_dtypes"] == ["float32"]
+
+
+def test_launch_counts_on_a_gpt2_shaped_list():
+    """bench/launch_counts.py counts one step's launches: its GPT-2 structure has 148 tensors, and
+    a rule with a global reduction steps them in a contribution launch and an update launch."""
+    from bench import launch_counts
+    from records import ALL_RECORDS
+
+    assert len(launch_counts.gpt2_shapes()) == 148
+    record = next(r for r in ALL_RECORDS if r.spec == "adamw_clip_global")
+    kernels, ops = launch_counts.count(record, launch_counts.gpt2_shapes(layers=1))
+    assert sum(kernels.values()) == 2 and 0 < sum(ops.values()) <= 8, (kernels, ops)
+    assert launch_counts.markdown(dict(shapes="s", commit="c", torch="t", triton="t", date="d",
+                                       specs={"x": dict(kernels=kernels, ops=ops)})).count("| x | 2 |") == 1
