@@ -509,6 +509,8 @@ def _plan_staged_variant(lowered, variant, global_symbols, global_kinds, base_na
     device_outputs = {k: v for k, v in outputs.items() if k != "param" and state_kinds[k] in (ROW, COL, UNIFORM)}
     host_outputs = {k: v for k, v in outputs.items() if k != "param" and state_kinds[k] == HOST}
     final = _plan_block(lowered, variant.key, element_outputs, local_names, names, device, kinds)
+    passes = _drop_unread_torch_passes(passes, final, [*device_outputs.values(), *host_outputs.values()])
+    steps = [s for s in steps if s.in_kernel or ("torch", s) in passes]
     torch_values = {f"_reduce_{s.symbol.name}": s.arg for kind, s in passes if kind == "torch"}
     torch_values.update({f"_new_{k}": v for k, v in device_outputs.items()})
     torch_values.update({f"_host_{k}": v for k, v in host_outputs.items()})
@@ -523,6 +525,23 @@ def _plan_staged_variant(lowered, variant, global_symbols, global_kinds, base_na
     torch_block = KernelPlan("", [variant.key], [], [], torch_defs, host_inputs, [], [], torch_outputs)
     _share_host_defs([b for kind, b in passes if kind == "kernel"] + [final, torch_block])
     return StagedPlan("", [variant.key], passes, torch_block, final, device_outputs, host_outputs, steps)
+
+
+def _drop_unread_torch_passes(passes, final, state_values) -> list:
+    """`passes` without the torch reductions nothing reads: simplifying the update can leave one
+    behind (AdamP's maximize branch of a cosine, once `where(maximize, -g, g)` became a host factor)."""
+    while True:
+        read = set(final.uniforms) | {g for g, _ in final.gathers}
+        read |= {s.name for value in state_values for s in value.free_symbols}
+        for kind, item in passes:
+            if kind == "kernel":
+                read |= set(item.uniforms) | {g for g, _ in item.gathers}
+            else:
+                read |= {s.name for s in item.arg.free_symbols}
+        kept = [(kind, item) for kind, item in passes if kind == "kernel" or item.symbol.name in read]
+        if len(kept) == len(passes):
+            return passes
+        passes = kept
 
 
 def _share_host_defs(blocks) -> None:
