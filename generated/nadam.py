@@ -277,23 +277,44 @@ def _new_state(name, param, h):
 
 def _finish(partials, ops, h):
     """The per-tensor results of one reduce kernel: column i of `partials` (one row per program)
-    reduced with ops[i] in a fixed order, then across shards."""
-    return _all_reduce([_local_reduce(partials[:, i], op) for i, op in enumerate(ops)], ops, _groups(h))
+    reduced with ops[i] in a fixed order (one op for the columns that reduce alike), then across
+    shards."""
+    values = [None] * len(ops)
+    for op, index in _alike(ops):
+        reduced = _local_reduce(partials[:, _positions(index)], op, 0)
+        for column, i in enumerate(index):
+            values[i] = reduced[0, column]
+    return _all_reduce(values, ops, _groups(h))
 
 
 def _finish_segments(temps, ops, overs, param, h):
     """The per-row / per-column results of one reduce kernel: temps[i] holds reduction i's terms per
-    element, reduced with ops[i] over each row or column (overs[i]), then across shards."""
-    values = []
-    for terms, op, over in zip(temps, ops, overs):
-        matrix, dim = _as_matrix(terms.view(param.shape), over)
-        values.append(_local_reduce(matrix, op, dim).reshape(_row_shape(param) if over == "row" else _col_shape(param)))
+    element, reduced with ops[i] over each row or column (overs[i]; one op for the reductions that
+    reduce alike), then across shards."""
+    rows, cols = _matrix_shape(param)
+    values = [None] * len(ops)
+    for (op, over), index in _alike(list(zip(ops, overs))):
+        terms = temps[_positions(index)].reshape(len(index), rows, cols)
+        reduced = _local_reduce(terms, op, 2 if over == "row" else 1)
+        shape = _row_shape(param) if over == "row" else _col_shape(param)
+        for position, i in enumerate(index):
+            values[i] = reduced[position].view(shape)
     for over in dict.fromkeys(overs):
         index = [i for i, o in enumerate(overs) if o == over]
         reduced = _all_reduce([values[i] for i in index], [ops[i] for i in index], _groups(h, "element", over))
         for i, value in zip(index, reduced):
             values[i] = value
     return values
+
+
+def _alike(keys):
+    """(key, the positions holding it) for each distinct key, in order of first appearance."""
+    return [(key, [i for i, k in enumerate(keys) if k == key]) for key in dict.fromkeys(keys)]
+
+
+def _positions(index):
+    """An index for those positions: a slice (a view, no copy) when they are consecutive."""
+    return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
 
 
 @_jit
