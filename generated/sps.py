@@ -677,6 +677,9 @@ class SPS(torch.optim.Optimizer):
             if h["numel"] == 0:
                 continue
             groups = tuple(_groups(h))
+            # The all-reduces below follow this order: parameter order on every rank, whatever the
+            # sizes of its shards (ranks that ordered process groups differently could deadlock).
+            contributions.setdefault(groups, [])
             local = _local(param)
             if local.numel() == 0:  # an empty shard: the rank still joins the all-reduce
                 contribution = torch.tensor([_NEUTRAL[f] for f in _GLOBALS.values()], dtype=torch.float64, device=param.device)
@@ -692,9 +695,9 @@ class SPS(torch.optim.Optimizer):
                 tensors = {name: _real(_local(t)).to(compute) for name, t in state.items()
                            if isinstance(t, torch.Tensor) and _local(t).shape == local.shape}
                 contribution = _global_reference(_real(local).to(compute), _real(_local(grad)).to(compute), tensors, h)
-            contributions.setdefault(groups, []).append(contribution)
+            contributions[groups].append(contribution)
         for (groups, device, dtypes, aligned, _), (rows, h) in launches.items():
-            contributions.setdefault(groups, []).append(self._multi_tensor_launch(
+            contributions[groups].append(self._multi_tensor_launch(
                 used, _sps_contributions_launch, _GLOBAL_COLUMNS, rows, device, dtypes, aligned, h))
         if not contributions:
             return {}

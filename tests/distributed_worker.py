@@ -216,18 +216,22 @@ MESH2D_PARAMS = [
     ((3, 4), ("R", "R")),
     ((2, 3), ("S1", "S1")),
 ]
+# The first two are empty on different ranks (a size-1 dim split in two) and sharded over different
+# mesh dims: on the Triton path, a rank mixes empty shards' neutral contributions with multi-tensor
+# launches over the others, per process group.
+EMPTY_SHARD_PARAMS = [((1, 4), ("S0", "R")), ((4, 1), ("R", "S1")), ((6, 5), ("S0", "S1"))]
 
 
-def check_mesh2d(name, dtype, backend, rank, world, mesh, device, out):
-    """DTensor parameters with the placements above vs plain tensors, the same gradients."""
+def check_mesh2d(name, dtype, backend, rank, world, mesh, device, out, params=MESH2D_PARAMS):
+    """DTensor parameters with the placements of `params` vs plain tensors, the same gradients."""
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     cls, module = optimizer_class(name, out)
     kwargs = CASES[name][1]
     generator = torch.Generator().manual_seed(1)
     plain = [torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype).requires_grad_()
-             for shape, _ in MESH2D_PARAMS]
-    placements = [[Replicate() if p == "R" else Shard(int(p[1])) for p in spec] for _, spec in MESH2D_PARAMS]
+             for shape, _ in params]
+    placements = [[Replicate() if p == "R" else Shard(int(p[1])) for p in spec] for _, spec in params]
     # Every rank holds the same full values: each keeps its own shard, with no communication.
     sharded = [distribute_tensor(p.detach().clone(), mesh, pl, src_data_rank=None).requires_grad_()
                for p, pl in zip(plain, placements)]
@@ -345,6 +349,9 @@ def _checks(scenario, rank, world, device, out):
         for name in ("lamb", "rowcol", "adamw_clip_global"):
             checks.append((f"mesh2d/{name}/float32-triton", lambda n=name: check_mesh2d(
                 n, torch.float32, "triton", rank, world, mesh2d, device, out)))
+        for name in ("adamw_clip_global", "sps"):
+            checks.append((f"mesh2d-empty-shards/{name}/float32-triton", lambda n=name: check_mesh2d(
+                n, torch.float32, "triton", rank, world, mesh2d, device, out, params=EMPTY_SHARD_PARAMS)))
     return checks
 
 

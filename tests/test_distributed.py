@@ -115,3 +115,11 @@ def test_dtensor_2d_mesh_float64(world4, name):
 @pytest.mark.parametrize("name", ["lamb", "rowcol", "adamw_clip_global"])
 def test_dtensor_2d_mesh_float32_triton(world4, name):
     _result(world4, f"mesh2d/{name}/float32-triton")
+
+
+@pytest.mark.parametrize("name", ["adamw_clip_global", "sps"])
+def test_global_totals_with_empty_shards_in_different_groups(world4, name):
+    """worker.EMPTY_SHARD_PARAMS: parameters whose shards are empty on different ranks, sharded
+    over different mesh dims, with the Triton path's multi-tensor contributions: equal to the plain
+    run, params and every state, every step."""
+    _result(world4, f"mesh2d-empty-shards/{name}/float32-triton")
