@@ -333,6 +333,13 @@ def _positions(index):
     return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
 
 
+def _row(columns, param, grad, state):
+    """A tensor's row of a multi-tensor launch: its tensors in `columns` (the real views of the
+    local shards)."""
+    return {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+            for name in columns}
+
+
 def _finish_tensors(partials, lengths, ops):
     """The per-tensor results of a multi-tensor reduce kernel: column i of `partials` (one row per
     program; a tensor's programs are consecutive, `lengths` of them) reduced with ops[i] over each
@@ -906,8 +913,7 @@ class Adafactor(torch.optim.Optimizer):
         rank must make the same collectives, whatever its shards' sizes)."""
         if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
-        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
-               for name in variant[3][1]}
+        row = _row(variant[3][1], param, grad, state)
         if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
             return None
         return row

@@ -328,6 +328,13 @@ def _positions(index):
     return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
 
 
+def _row(columns, param, grad, state):
+    """A tensor's row of a multi-tensor launch: its tensors in `columns` (the real views of the
+    local shards)."""
+    return {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+            for name in columns}
+
+
 @_jit
 def _sgdp_reduce1_kernel_nesterov_ndim_gt_1(
     param_ptr, grad_ptr, partials_ptr, temps_ptr,
@@ -1021,8 +1028,7 @@ class SGDP(torch.optim.Optimizer):
         rank must make the same collectives, whatever its shards' sizes)."""
         if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
-        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
-               for name in variant[3][1]}
+        row = _row(variant[3][1], param, grad, state)
         if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
             return None
         return row

@@ -293,6 +293,13 @@ def _positions(index):
     return slice(index[0], index[-1] + 1) if index == list(range(index[0], index[-1] + 1)) else index
 
 
+def _row(columns, param, grad, state):
+    """A tensor's row of a multi-tensor launch: its tensors in `columns` (the real views of the
+    local shards)."""
+    return {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
+            for name in columns}
+
+
 @_jit
 def _sps_kernel(
     param_ptr, grad_ptr, global_sum_ptr, loss_ptr,
@@ -645,8 +652,7 @@ class SPS(torch.optim.Optimizer):
         rank must make the same collectives, whatever its shards' sizes)."""
         if variant[3] is None or not _use_triton(param, self.backend) or (variant[3][4] and h["_shards"]):
             return None
-        row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name]))
-               for name in variant[3][1]}
+        row = _row(variant[3][1], param, grad, state)
         if not all(t.is_contiguous() for t in row.values()) or row["param"].numel() == 0:
             return None
         return row
@@ -685,8 +691,7 @@ class SPS(torch.optim.Optimizer):
                 contribution = torch.tensor([_NEUTRAL[f] for f in _GLOBALS.values()], dtype=torch.float64, device=param.device)
             elif _use_triton(_real(local), self.backend):
                 # Read only: a strided tensor contributes through a contiguous copy.
-                row = {name: _real(_local(param if name == "param" else grad if name == "grad" else state[name])).contiguous()
-                       for name in _GLOBAL_COLUMNS}
+                row = {name: t.contiguous() for name, t in _row(_GLOBAL_COLUMNS, param, grad, state).items()}
                 key = (groups, *_layout(row, _GLOBAL_COLUMNS), tuple(h[name] for name in _GLOBAL_HOST_INPUTS))
                 launches.setdefault(key, ([], h))[0].append(row)
                 continue

@@ -687,12 +687,17 @@ def _multi_launch_line(view: StagedKernelView) -> str:
     return f"{view.name}[grid]({args}, DTYPES=dtypes, ALIGNED=aligned, BLOCK_SIZE=BLOCK_SIZE)"
 
 
+def _per_tensor_values(staged, uniform_states) -> set[str]:
+    """The values a multi-tensor launch holds one of per tensor: reductions and per-tensor states."""
+    return {str(s.symbol) for s in staged.reductions} | set(uniform_states)
+
+
 def _multi_tensor_ready(staged, device_inputs, uniform_states) -> bool:
     """A staged variant that can step many tensors at once: its reductions are per tensor (finished
     per tensor from one partial per program), its device states one value per tensor, and its
     kernels read nothing per row or column. Row/column reductions and torch passes step alone."""
     blocks = [b for _, b in staged.passes] + [staged.final]
-    per_tensor = {str(s.symbol) for s in staged.reductions} | set(uniform_states)
+    per_tensor = _per_tensor_values(staged, uniform_states)
     return (all(kind == "kernel" for kind, _ in staged.passes)
             and all(s.over == "tensor" for s in staged.reductions)
             and set(staged.device_outputs) <= set(uniform_states)
@@ -705,7 +710,7 @@ def _multi_tensor_view(staged, prefix: str, suffix: str, printers, checked, host
     triton_printer, torch_printer = printers
     blocks = [b for _, b in staged.passes] + [staged.final]
     columns = list(dict.fromkeys(t for b in blocks for t in b.loads + b.stores))
-    per_tensor = {str(s.symbol) for s in staged.reductions} | set(uniform_states)
+    per_tensor = _per_tensor_values(staged, uniform_states)
     kernels, lines = [], []
     for level, (_, block) in enumerate(staged.passes, 1):
         view = _multi_tensor_kernel(block, f"{prefix}_multi_reduce{level}_kernel{suffix}", columns, per_tensor,
